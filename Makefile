@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv by itself.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ppl-vae train --model models/bernoulli_vae.py --data digits --estimator sampled \
+		--steps 3000 --lr 3e-3 --out runs/demo/sampled --overwrite --no-progress
+	$(BIN)/ppl-vae train --model models/bernoulli_vae.py --data digits --estimator analytic \
+		--steps 3000 --lr 3e-3 --out runs/demo/analytic --overwrite --no-progress
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m slow
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" -x
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) build *.egg-info

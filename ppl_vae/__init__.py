@@ -1,0 +1,49 @@
+"""ppl_vae: VAE-style models fitted by Pyro SVI, with the sampled-KL and analytic-KL ELBO
+measured side by side, and the posterior checked in ArviZ.
+
+The identity everything rests on (see docs/derivation.md)::
+
+    log p(x) - KL(q(z|x) || p(z|x)) = E_q[log p(x|z)] - KL(q(z|x) || p(z))   (the ELBO)
+"""
+
+from .data import load_data, train_test_split
+from .errors import (
+    CheckpointError,
+    DataError,
+    EstimatorError,
+    NumericalError,
+    OutputError,
+    PairError,
+    PplVaeError,
+)
+from .estimators import ESTIMATORS, KLFallbackWarning
+from .evaluation import evaluate, importance_log_weights, log_likelihood
+from .pair import ModelGuidePair, load_pair
+from .params import load_params, save_params
+from .training import FitResult, StepInfo, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ESTIMATORS",
+    "CheckpointError",
+    "DataError",
+    "EstimatorError",
+    "FitResult",
+    "KLFallbackWarning",
+    "ModelGuidePair",
+    "NumericalError",
+    "OutputError",
+    "PairError",
+    "PplVaeError",
+    "StepInfo",
+    "evaluate",
+    "fit",
+    "importance_log_weights",
+    "load_data",
+    "load_pair",
+    "load_params",
+    "log_likelihood",
+    "save_params",
+    "train_test_split",
+]

@@ -1,0 +1,118 @@
+"""Options and input loading shared by the subcommands that train a pair."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import dataclass
+
+import pyro
+import torch
+
+from ..data import Array, as_tensor, load_data
+from ..errors import DataError
+from ..estimators import ESTIMATORS
+from ..pair import ModelGuidePair, load_pair
+
+
+def add_pair_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --data, --test-data, --binarize."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="SPEC",
+        help="the pair: a file (models/bernoulli_vae.py) or package.module, optionally "
+        "':NAME' of a make_pair(x_dim, ...) callable or a ModelGuidePair (default make_pair)",
+    )
+    parser.add_argument(
+        "--data",
+        default="digits",
+        metavar="SOURCE",
+        help="'digits' (embedded 8x8 digits, fixed 80/20 train/test split) or a .npy "
+        "(memory-mapped), .npz[:KEY] or .csv file (default: digits)",
+    )
+    parser.add_argument(
+        "--test-data",
+        metavar="PATH",
+        help="held-out data file for a file --data (digits brings its own test split)",
+    )
+    parser.add_argument(
+        "--binarize",
+        action="store_true",
+        help="threshold the data at 0.5 (automatic for digits when the pair is binary)",
+    )
+
+
+def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
+    """--steps, --seed, --batch-size, --lr, --particles, --kl-warmup, --device."""
+    parser.add_argument("--steps", type=int, default=steps, help=f"SVI steps (default {steps})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--batch-size", type=int, default=128, help="minibatch rows (128)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
+    parser.add_argument(
+        "--particles", type=int, default=1, help="ELBO particles per step, vectorized (1)"
+    )
+    parser.add_argument(
+        "--kl-warmup",
+        type=int,
+        default=0,
+        metavar="W",
+        help="anneal the KL weight linearly from 1/W to 1 over W steps (default 0: off)",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def add_estimator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--estimator",
+        choices=sorted(ESTIMATORS),
+        default="analytic",
+        help="sampled: Trace_ELBO (KL by Monte Carlo); analytic: TraceMeanField_ELBO "
+        "(closed-form KL where registered) (default analytic)",
+    )
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A loaded pair with its training and (optional) held-out data."""
+
+    pair: ModelGuidePair
+    train: Array
+    test: torch.Tensor | None
+    description: str
+
+
+def load_inputs(args: argparse.Namespace) -> Inputs:
+    """Load data, then the pair built for its width (seeded), then binarize if it needs it."""
+    if args.data == "digits":
+        train: Array = load_data("digits", split="train")
+        test: torch.Tensor | None = as_tensor(load_data("digits", split="test"))
+    else:
+        train = load_data(args.data)
+        test = as_tensor(load_data(args.test_data)) if args.test_data else None
+    x_dim = int(train.shape[1]) if train.ndim > 1 else 1
+    pyro.clear_param_store()
+    pyro.set_rng_seed(args.seed)
+    pair = load_pair(args.model, x_dim=x_dim)
+    if pair.x_dim is not None and pair.x_dim != x_dim:
+        raise DataError(
+            f"the data has {x_dim} columns but pair {pair.name!r} was built for {pair.x_dim}; "
+            "give data of that width or a pair whose make_pair takes x_dim"
+        )
+    if test is not None and test.shape[1:] != train.shape[1:]:
+        raise DataError(
+            f"test data rows have shape {tuple(test.shape[1:])} but training rows have "
+            f"{tuple(train.shape[1:])}; give held-out data of the same width"
+        )
+    if args.binarize or (pair.binary and args.data == "digits"):
+        train = (as_tensor(train) > 0.5).to(torch.float32)
+        test = None if test is None else (test > 0.5).to(torch.float32)
+    for module in pair.modules:
+        module.to(args.device)
+    rows = f"{train.shape[0]} train" + ("" if test is None else f" / {test.shape[0]} test")
+    return Inputs(pair, train, test, f"{pair.name} on {args.data} ({rows} rows)")
+
+
+def command_line() -> str:
+    return shlex.join(["ppl-vae", *sys.argv[1:]])

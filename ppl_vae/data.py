@@ -1,0 +1,194 @@
+"""Data: the embedded digits, files, in-memory arrays; validation, splits and minibatches.
+
+Data is a matrix-like array whose first dimension indexes datapoints (the model's data plate).
+In-memory data becomes one float32 tensor; a ``.npy`` file is opened memory-mapped and
+minibatches are read by index, so data larger than memory can be trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .errors import DataError
+
+Array = torch.Tensor | np.ndarray
+_CHUNK_ROWS = 65536
+
+
+def load_data(
+    source: str | Path,
+    *,
+    split: str | None = None,
+    binarize: bool = False,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Array:
+    """Load a data set by name or path.
+
+    Args:
+        source: ``"digits"`` (scikit-learn's 8×8 digits, 1,797 images, shipped inside
+            scikit-learn, scaled to [0, 1]) or a path to ``.npy`` (memory-mapped),
+            ``.npz`` (its single array, or ``file.npz:key``) or ``.csv`` (numeric columns,
+            header row).
+        split: ``None`` for all rows, ``"train"`` or ``"test"`` for the fixed split made by
+            :func:`train_test_split` with ``test_fraction`` and ``seed``.
+        binarize: threshold at 0.5 to {0, 1} (for Bernoulli likelihoods).
+
+    Returns:
+        a float32 tensor, or a read-only memory-mapped numpy array for ``.npy``.
+    """
+    if str(source) == "digits":
+        from sklearn.datasets import load_digits
+
+        data: Array = torch.as_tensor(load_digits().data / 16.0, dtype=torch.float32)
+    else:
+        data = _load_file(str(source))
+    validate_data(data)
+    if split is not None:
+        if split not in ("train", "test"):
+            raise DataError(f"split must be None, 'train' or 'test', not {split!r}")
+        train, test = train_test_split(data, test_fraction=test_fraction, seed=seed)
+        data = train if split == "train" else test
+    if binarize:
+        data = (as_tensor(data) > 0.5).to(torch.float32)
+    return data
+
+
+def _load_file(spec: str) -> Array:
+    path_str, _, key = (
+        spec.partition(":") if spec.count(":") == 1 and ".npz:" in spec else (spec, "", "")
+    )
+    path = Path(path_str)
+    if not path.is_file():
+        raise DataError(f"data file {path_str!r} does not exist; give 'digits' or a file path")
+    if path.stat().st_size == 0:
+        raise DataError(f"data file {path_str!r} is empty")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, mmap_mode="r")
+        except ValueError as e:
+            raise DataError(
+                f"cannot memory-map {path_str!r} ({e}): the file is truncated or not a "
+                ".npy array; write it again with numpy.save"
+            ) from e
+    if suffix == ".npz":
+        with np.load(path) as archive:
+            names = list(archive.files)
+            if key:
+                if key not in names:
+                    raise DataError(f"{path_str!r} has no array {key!r}; it has {names}")
+            elif len(names) == 1:
+                key = names[0]
+            else:
+                raise DataError(f"{path_str!r} holds arrays {names}; choose one as FILE.npz:KEY")
+            return torch.as_tensor(np.asarray(archive[key], dtype=np.float32))
+    if suffix == ".csv":
+        try:
+            frame = pd.read_csv(path)
+        except pd.errors.EmptyDataError as e:
+            raise DataError(f"CSV file {path_str!r} has no rows or columns") from e
+        return as_tensor(frame)
+    raise DataError(f"unsupported data file {path_str!r}: use .npy, .npz or .csv")
+
+
+def as_tensor(data) -> torch.Tensor:
+    """Data (tensor, numpy array, DataFrame) as a float32 tensor, with clear errors."""
+    if isinstance(data, torch.Tensor):
+        if not (data.is_floating_point() or data.dtype in _INT_TORCH):
+            raise DataError(f"data tensor has dtype {data.dtype}; give numbers")
+        return data if data.dtype == torch.float32 else data.to(torch.float32)
+    if isinstance(data, pd.DataFrame):
+        bad = [str(c) for c in data.columns if not pd.api.types.is_numeric_dtype(data[c])]
+        if bad:
+            raise DataError(f"column(s) {bad} are not numeric; drop them or encode them as numbers")
+        data = data.to_numpy(dtype=np.float32)
+    if isinstance(data, np.ndarray):
+        dtype = data.dtype
+        if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+            raise DataError(f"data array has dtype {data.dtype}; give real numbers")
+        return torch.as_tensor(np.asarray(data, dtype=np.float32))
+    raise DataError(
+        f"data of type {type(data).__name__} is not supported; give a torch tensor, a numpy "
+        "array, a pandas DataFrame of numeric columns, or a file path"
+    )
+
+
+_INT_TORCH = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+
+
+def as_array(data) -> Array:
+    """Data as a tensor, keeping memory-mapped numpy arrays as they are (read by index)."""
+    if isinstance(data, np.memmap):
+        if not np.issubdtype(data.dtype, np.number):
+            raise DataError(f"memory-mapped data has dtype {data.dtype}; give numbers")
+        return data
+    return as_tensor(data)
+
+
+def validate_data(data: Array, batch_size: int | None = None) -> None:
+    """Refuse empty data, a batch larger than the data, and NaN/inf (naming row and column)."""
+    if data.ndim == 0 or data.shape[0] == 0 or int(np.prod(data.shape)) == 0:
+        raise DataError(f"data is empty (shape {tuple(data.shape)}); give at least one row")
+    if batch_size is not None and not 1 <= batch_size <= data.shape[0]:
+        raise DataError(
+            f"batch_size={batch_size} but the data has {data.shape[0]} rows; "
+            f"choose a batch size between 1 and {data.shape[0]}"
+        )
+    bad = _first_violation(data, torch.isfinite)
+    if bad is not None:
+        row, col, value = bad
+        raise DataError(
+            f"data has a non-finite value ({value}) at row {row}, column {col}; drop or "
+            "impute non-finite entries before training"
+        )
+
+
+def train_test_split(
+    data: Array, test_fraction: float = 0.2, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed, seeded random split of the rows into train and test tensors."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"test_fraction must be in (0, 1), not {test_fraction}")
+    n = data.shape[0]
+    n_test = int(round(n * test_fraction))
+    if n_test < 1 or n_test >= n:
+        raise DataError(f"cannot split {n} rows with test_fraction={test_fraction}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    tensor = as_tensor(np.asarray(data) if isinstance(data, np.memmap) else data)
+    return tensor[perm[n_test:]], tensor[perm[:n_test]]
+
+
+def take(data: Array, index: torch.Tensor) -> torch.Tensor:
+    """Rows ``index`` of ``data`` as a float32 tensor (memory-mapped arrays read by index)."""
+    if isinstance(data, torch.Tensor):
+        return data.index_select(0, index.to(data.device))
+    return torch.as_tensor(np.asarray(data[index.numpy()], dtype=np.float32))
+
+
+def check_support(data: Array, name: str, support, device: torch.device) -> None:
+    """Check every row against an observed site's support constraint."""
+    bad = _first_violation(data, lambda chunk: support.check(chunk.to(device)))
+    if bad is not None:
+        row, col, value = bad
+        raise DataError(
+            f"data value {value} at row {row}, column {col} is outside the support of the "
+            f"observed site {name!r} ({support}); rescale the data (e.g. binarize for a "
+            "Bernoulli likelihood) or choose a pair whose likelihood fits it"
+        )
+
+
+def _first_violation(data: Array, predicate) -> tuple[int, int, float] | None:
+    """(row, column, value) of the first entry where ``predicate`` is False, read in chunks."""
+    for start in range(0, data.shape[0], _CHUNK_ROWS):
+        chunk = as_tensor(np.asarray(data[start : start + _CHUNK_ROWS]))
+        ok = predicate(chunk).cpu()
+        if not bool(ok.all()):
+            flat = chunk.reshape(chunk.shape[0], -1)
+            row, col = (int(i) for i in (~ok).reshape(chunk.shape[0], -1).nonzero()[0])
+            return row + start, col, float(flat[row, col])
+    return None

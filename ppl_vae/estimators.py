@@ -1,0 +1,128 @@
+r"""The two ELBO estimators and which KL terms get a closed form.
+
+Both estimate the evidence lower bound (Kingma & Welling 2014, eq. 3)
+
+.. math::
+    \mathcal{L}(x) = \mathbb{E}_{q(z|x)}[\log p(x|z)] - \mathrm{KL}(q(z|x)\,\|\,p(z))
+                   = \log p(x) - \mathrm{KL}(q(z|x)\,\|\,p(z|x)).
+
+- ``"sampled"`` is :class:`pyro.infer.Trace_ELBO`: with :math:`z_s \sim q(z|x)` reparameterized,
+  :math:`\hat{\mathcal{L}} = \frac1S\sum_s \log p(x, z_s) - \log q(z_s|x)`; the KL term is
+  estimated by Monte Carlo as :math:`\log q(z_s|x) - \log p(z_s)`.
+- ``"analytic"`` is :class:`pyro.infer.TraceMeanField_ELBO`: the same reconstruction term, and
+  for every latent site where ``torch.distributions.kl_divergence(q, p)`` is registered the KL
+  in closed form (Kingma & Welling 2014, appendix B, for Gaussians). Where none is registered
+  Pyro *silently* falls back to the sampled term for that site; :func:`kl_sites` finds out which
+  sites do, so that ``fit`` can report it, warn, or refuse under ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import pandas as pd
+import pyro.infer
+import torch
+from pyro.distributions.util import scale_and_mask
+from torch.distributions import kl_divergence
+
+from .errors import EstimatorError
+from .traces import PairTraces, is_latent, run_pair
+
+ESTIMATORS: dict[str, type[pyro.infer.ELBO]] = {
+    "sampled": pyro.infer.Trace_ELBO,
+    "analytic": pyro.infer.TraceMeanField_ELBO,
+}
+
+CLOSED_FORM = "closed-form"
+SAMPLED = "sampled"
+
+
+class KLFallbackWarning(UserWarning):
+    """The analytic estimator falls back to a sampled KL for some latent site."""
+
+
+def check_estimator(estimator: str) -> str:
+    if estimator not in ESTIMATORS:
+        raise EstimatorError(f"unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)}")
+    return estimator
+
+
+def make_elbo(
+    estimator: str, num_particles: int = 1, max_plate_nesting: int = 0
+) -> pyro.infer.ELBO:
+    """The Pyro ELBO object for ``estimator``, particles vectorized."""
+    return ESTIMATORS[check_estimator(estimator)](
+        num_particles=num_particles,
+        vectorize_particles=True,
+        max_plate_nesting=max_plate_nesting,
+    )
+
+
+def closed_form_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
+    """KL(q‖p) for one latent site in closed form, scaled and masked as Pyro does, or None."""
+    try:
+        kl = kl_divergence(guide_site["fn"], model_site["fn"])
+    except NotImplementedError:
+        return None
+    return scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
+
+
+def kl_sites(traces: PairTraces, estimator: str) -> pd.DataFrame:
+    """Per latent site: q and p's distribution, and how ``estimator`` computes the KL.
+
+    Columns: ``site``, ``q``, ``p``, ``closed_form_available`` and ``kl`` (``"closed-form"`` or
+    ``"sampled"``).
+    """
+    rows = []
+    for name, model_site in traces.model.nodes.items():
+        if not is_latent(model_site):
+            continue
+        guide_site = traces.guide.nodes[name]
+        available = closed_form_kl(guide_site, model_site) is not None
+        rows.append(
+            {
+                "site": name,
+                "q": _dist_name(guide_site["fn"]),
+                "p": _dist_name(model_site["fn"]),
+                "closed_form_available": available,
+                "kl": CLOSED_FORM if available and estimator == "analytic" else SAMPLED,
+            }
+        )
+    return pd.DataFrame(rows, columns=["site", "q", "p", "closed_form_available", "kl"])
+
+
+def check_fallback(sites: pd.DataFrame, estimator: str, strict: bool) -> None:
+    """Warn (or raise, when ``strict``) if the analytic estimator samples some site's KL."""
+    if estimator != "analytic":
+        return
+    fallen = sites.loc[~sites["closed_form_available"]]
+    if fallen.empty:
+        return
+    detail = ", ".join(f"{r.site} (q={r.q}, p={r.p})" for r in fallen.itertuples())
+    message = (
+        f"no closed-form KL is registered for latent site(s) {detail}; the analytic estimator "
+        "samples their KL term as log q - log p"
+    )
+    if strict:
+        raise EstimatorError(
+            message + "; register one with torch.distributions.kl.register_kl, or use "
+            "estimator='sampled' or strict=False"
+        )
+    warnings.warn(message, KLFallbackWarning, stacklevel=3)
+
+
+def probe_sites(model: Callable, guide: Callable, x: torch.Tensor, estimator: str) -> pd.DataFrame:
+    """Run the pair once on ``x`` and report :func:`kl_sites`."""
+    return kl_sites(run_pair(model, guide, x), check_estimator(estimator))
+
+
+def _dist_name(fn) -> str:
+    names = []
+    while True:
+        names.append(type(fn).__name__)
+        if not hasattr(fn, "base_dist"):
+            break
+        fn = fn.base_dist
+    return "(".join(names) + ")" * (len(names) - 1)

@@ -1,0 +1,124 @@
+"""Pyro's parameter store: snapshots, in-place restores, and a tensors-only file format.
+
+Restores copy values *into* the existing tensors. ``pyro.module`` keeps a module's own
+``Parameter`` objects in the store; replacing them (as ``ParamStoreDict.set_state`` does) would
+silently detach the module from the store, so ppl_vae never does.
+
+Files hold unconstrained values and each constraint *by name* (``{"name": "greater_than",
+"args": {"lower_bound": 0.0}}``), and are read with ``torch.load(weights_only=True)``: loading
+never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import pyro
+import torch
+from pyro.distributions import constraints
+from torch.distributions import biject_to
+
+from .errors import CheckpointError
+from .files import atomic_write
+
+FORMAT = "ppl_vae.params/1"
+
+
+def snapshot() -> dict[str, torch.Tensor]:
+    """Detached copies of every unconstrained parameter in the store."""
+    return {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
+
+
+def restore(values: dict[str, torch.Tensor], constraint_specs: dict | None = None) -> None:
+    """Set the store's unconstrained parameters to ``values``, in place where they exist.
+
+    Names not yet in the store are created (with their constraint from ``constraint_specs``).
+    """
+    store = pyro.get_param_store()
+    with torch.no_grad():
+        for name, value in values.items():
+            if name in store:
+                target = store._params[name]
+                if target.shape != value.shape:
+                    raise CheckpointError(
+                        f"parameter {name!r} has shape {tuple(value.shape)} in the file but "
+                        f"{tuple(target.shape)} in the pair; load it into the pair it came from"
+                    )
+                target.copy_(value.to(target.device))
+            else:
+                spec = (constraint_specs or {}).get(name, {"name": "real"})
+                constraint = decode_constraint(spec)
+                store.setdefault(name, biject_to(constraint)(value.clone()), constraint)
+
+
+def state() -> dict:
+    """Unconstrained values (on CPU) and constraint specs of the whole store."""
+    store = pyro.get_param_store()
+    return {
+        "format": FORMAT,
+        "params": {n: p.detach().cpu().clone() for n, p in store.named_parameters()},
+        "constraints": {n: encode_constraint(store._constraints[n]) for n in store.keys()},
+    }
+
+
+def save_params(path: str | Path) -> None:
+    """Write the whole param store to ``path`` atomically, tensors and names only."""
+    payload = state()
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def read_params(path: str | Path) -> dict:
+    """Read a params file safely (no code runs), checking its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"parameter file {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt, truncated or not a ppl_vae file, and was not loaded "
+            f"({first}); use an intact copy"
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a {FORMAT} file")
+    return payload
+
+
+def load_params(path: str | Path) -> None:
+    """Load a params file into the store (in place for parameters that already exist)."""
+    payload = read_params(path)
+    restore(payload["params"], payload["constraints"])
+
+
+def encode_constraint(constraint: constraints.Constraint) -> dict:
+    """A constraint as a name and plain arguments (floats, ints, tensors, nested specs)."""
+    for name in dir(constraints):
+        if getattr(constraints, name) is constraint:
+            return {"name": name}
+    cls = type(constraint)
+    name = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.lstrip("_")).lower()
+    name = {"independent_constraint": "independent"}.get(name, name)
+    args = {}
+    for arg in list(inspect.signature(cls.__init__).parameters)[1:]:
+        value = getattr(constraint, arg, None)
+        args[arg] = encode_constraint(value) if isinstance(value, constraints.Constraint) else value
+    spec = {"name": name, "args": args}
+    decoded = decode_constraint(spec)
+    if type(decoded) is not cls:
+        raise CheckpointError(f"constraint {constraint} cannot be stored by name")
+    return spec
+
+
+def decode_constraint(spec: dict) -> constraints.Constraint:
+    factory = getattr(constraints, spec.get("name", ""), None)
+    if factory is None:
+        raise CheckpointError(f"unknown constraint {spec.get('name')!r} in parameter file")
+    if "args" not in spec:
+        return factory
+    args = {k: decode_constraint(v) if isinstance(v, dict) else v for k, v in spec["args"].items()}
+    return factory(**args)

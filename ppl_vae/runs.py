@@ -1,0 +1,75 @@
+"""Run directories that are written whole or not at all.
+
+A command writes into a fresh temporary sibling of the output directory and renames it into
+place only when everything succeeded. An existing run is refused unless ``overwrite=True``, and
+even then it is replaced only after the new one is complete: a failure never clobbers half of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import platform
+import shutil
+import tempfile
+from collections.abc import Iterator
+from importlib import metadata
+from pathlib import Path
+
+from .errors import OutputError
+from .files import atomic_write_text, umask
+
+
+@contextlib.contextmanager
+def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``out`` when the block succeeds."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(
+            f"output {str(out)!r} exists and is not a directory; choose another --out"
+        )
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(
+            f"output directory {str(out)!r} already holds a run; choose another --out or pass "
+            "--overwrite to replace it"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    staging.chmod(0o777 & ~umask())
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        retired = staging.with_suffix(".old")
+        out.rename(retired)
+        staging.rename(out)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise OutputError(f"{str(path)!r} does not exist; is this a ppl-vae run directory?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise OutputError(f"{str(path)!r} is not valid JSON ({e}); the run is damaged") from e
+
+
+def versions() -> dict[str, str]:
+    """Python and the versions of the packages a run depends on."""
+    found = {"python": platform.python_version()}
+    for name in ("ppl_vae", "pyro-ppl", "torch", "arviz", "pandas", "numpy", "scikit-learn"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found

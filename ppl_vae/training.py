@@ -1,0 +1,257 @@
+"""``fit``: stochastic variational inference with the sampled- or analytic-KL ELBO.
+
+The loop is Pyro's ``SVI.step`` (Hoffman et al. 2013; Kingma & Welling 2014) written out so
+that a non-finite loss or gradient is caught *before* the optimizer applies it: minibatches
+are drawn by index from the in-memory (or memory-mapped) data, one seeded permutation per
+epoch, with no DataLoader in the way.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import pyro
+import pyro.optim
+import torch
+from pyro import poutine
+from tqdm.auto import tqdm
+
+from . import params as param_io
+from .data import as_array, check_support, take, validate_data
+from .errors import NumericalError, PplVaeError
+from .estimators import check_estimator, check_fallback, kl_sites, make_elbo
+from .traces import PairTraces, is_latent, is_observed, run_pair
+from .warmup import LatentScale, anneal, kl_weight
+
+HISTORY_COLUMNS = ["step", "epoch", "elbo", "beta", "time_s"]
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a ``callback`` sees after each step. ``elbo`` is per datapoint of the minibatch."""
+
+    step: int
+    epoch: int
+    elbo: float
+    time_s: float
+    batch: torch.Tensor
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`fit`.
+
+    Attributes:
+        history: one row per step: ``step``, ``epoch``, ``elbo`` (the minibatch estimate per
+            datapoint; during KL warm-up the β-weighted objective), ``beta``, ``time_s``
+            (training wall-clock seconds, callbacks excluded).
+        sites: per latent site, q and p, whether a closed-form KL is registered, and how this
+            estimator computed the KL (``"closed-form"`` or ``"sampled"``).
+        params: the trained unconstrained parameters (CPU copies); the live ones stay in
+            Pyro's param store, as after ``SVI``.
+    """
+
+    history: pd.DataFrame
+    sites: pd.DataFrame
+    params: dict[str, torch.Tensor]
+    estimator: str
+    seed: int
+    num_steps: int
+    batch_size: int
+    num_particles: int
+    stopped_early: bool
+
+    @property
+    def final_elbo(self) -> float:
+        """Mean training ELBO per datapoint over the last 10% of steps (at least one)."""
+        tail = max(1, len(self.history) // 10)
+        return float(self.history["elbo"].iloc[-tail:].mean())
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    data,
+    *,
+    estimator: str = "sampled",
+    num_steps: int = 1000,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    optim: pyro.optim.PyroOptim | None = None,
+    num_particles: int = 1,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    kl_warmup: int = 0,
+    clip_norm: float | None = None,
+    strict: bool = False,
+    progress: bool = False,
+    callback: Callable[[StepInfo], bool | None] | None = None,
+) -> FitResult:
+    """Fit ``guide`` to ``model`` on ``data`` by SVI, in Pyro's global param store.
+
+    Args:
+        model, guide: plain Pyro functions of a minibatch ``x`` (first dim: the data plate).
+        data: tensor, numpy array (memory-mapped ones are read by index) or DataFrame.
+        estimator: ``"sampled"`` (``Trace_ELBO``: KL by Monte Carlo, log q − log p) or
+            ``"analytic"`` (``TraceMeanField_ELBO``: closed-form KL where registered).
+        num_steps, batch_size, lr: SVI steps, rows per minibatch, Adam's learning rate.
+        optim: any ``pyro.optim`` optimizer instead of ``Adam({"lr": lr})``.
+        num_particles: ELBO particles per step, vectorized.
+        seed: seeds Pyro's RNGs and the minibatch order; the same seed gives the same run.
+        device: where minibatches and parameters live (``"cpu"``, ``"cuda"``).
+        kl_warmup: W > 0 scales the latent sites by β = min(1, step/W) (see ``warmup``).
+        clip_norm: clip each parameter's gradient norm (default optimizer only).
+        strict: raise instead of warning when ``"analytic"`` must sample some site's KL.
+        progress: show a tqdm bar with the running ELBO.
+        callback: called after every step with a :class:`StepInfo`; returning True stops.
+
+    Parameters already in the param store are trained further; call
+    ``pyro.clear_param_store()`` first for a fresh start.
+
+    Raises:
+        PplVaeError: a user error (data, pair, estimator), with the fix in its message.
+        NumericalError: a non-finite loss or gradient; the parameters keep their last good
+            values and ``error.history`` holds the steps before it.
+    """
+    check_estimator(estimator)
+    _check_positive(num_steps=num_steps, batch_size=batch_size, num_particles=num_particles)
+    if not lr > 0:
+        raise PplVaeError(f"lr must be > 0, not {lr}")
+    if kl_warmup < 0:
+        raise PplVaeError(f"kl_warmup must be >= 0 steps, not {kl_warmup}")
+    if optim is not None and clip_norm is not None:
+        raise PplVaeError("clip_norm applies to the default optimizer; pass clip_args to optim")
+    array = as_array(data)
+    validate_data(array, batch_size)
+    device = torch.device(device)
+    pyro.set_rng_seed(seed)
+
+    layout = _probe(model, guide, array, batch_size, device)
+    sites = kl_sites(layout, estimator)
+    check_fallback(sites, estimator, strict)
+
+    elbo = make_elbo(estimator, num_particles, layout.max_plate_nesting)
+    beta = LatentScale()
+    if kl_warmup:
+        model, guide = anneal(model, beta), anneal(guide, beta)
+    if optim is None:
+        clip = {"clip_norm": clip_norm} if clip_norm is not None else {}
+        optim = pyro.optim.Adam({"lr": lr}, clip)
+
+    n = array.shape[0]
+    batches_per_epoch = n // batch_size
+    order = torch.Generator().manual_seed(seed)
+    if isinstance(array, torch.Tensor):
+        array = array.to(device)
+    rows: list[tuple] = []
+    elapsed, running, stopped = 0.0, math.nan, False
+    bar = tqdm(total=num_steps, disable=not progress, desc=f"fit[{estimator}]", unit="step")
+    try:
+        for step in range(1, num_steps + 1):
+            started = time.perf_counter()
+            epoch, position = divmod(step - 1, batches_per_epoch)
+            if position == 0:
+                permutation = torch.randperm(n, generator=order)
+            index = permutation[position * batch_size : (position + 1) * batch_size]
+            x = take(array, index).to(device, non_blocking=True)
+            beta.beta = kl_weight(step, kl_warmup)
+            loss, grads_finite = _svi_step(elbo, optim, model, guide, x)
+            if not (grads_finite and math.isfinite(loss)):
+                raise _numerical_error(step, loss, model, guide, x, rows)
+            value = -loss / batch_size
+            elapsed += time.perf_counter() - started
+            rows.append((step, epoch, value, beta.beta, elapsed))
+            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
+            bar.update()
+            if step % 50 == 0 or step == num_steps:
+                bar.set_postfix(elbo=f"{running:.3f}", refresh=False)
+            if callback is not None and callback(StepInfo(step, epoch, value, elapsed, x)):
+                stopped = True
+                break
+    finally:
+        bar.close()
+    return FitResult(
+        history=_history(rows),
+        sites=sites,
+        params={k: v.cpu() for k, v in param_io.snapshot().items()},
+        estimator=estimator,
+        seed=seed,
+        num_steps=len(rows),
+        batch_size=batch_size,
+        num_particles=num_particles,
+        stopped_early=stopped,
+    )
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if int(value) != value or value < 1:
+            raise PplVaeError(f"{name} must be a positive integer, not {value!r}")
+
+
+def _probe(model, guide, array, batch_size: int, device: torch.device) -> PairTraces:
+    """Run the pair on the first minibatch, check the data's support, move params to device."""
+    x = take(array, torch.arange(batch_size))
+    layout = run_pair(model, guide, x)
+    for name, site in layout.model.nodes.items():
+        if not is_observed(site):
+            continue
+        support = site["fn"].support
+        if site["value"] is x:
+            check_support(array, name, support, torch.device("cpu"))
+        else:
+            check_support(site["value"].reshape(x.shape[0], -1), name, support, x.device)
+    with torch.no_grad():
+        for _, unconstrained in pyro.get_param_store().named_parameters():
+            unconstrained.data = unconstrained.data.to(device)
+    return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
+
+
+def _svi_step(elbo, optim, model, guide, x) -> tuple[float, bool]:
+    """One ``SVI.step``: (loss, gradients finite). Nothing is applied unless both are finite."""
+    with poutine.trace(param_only=True) as capture:
+        loss = elbo.loss_and_grads(model, guide, x)
+    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    grads = [p.grad for p in params if p.grad is not None]
+    finite = not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+    if finite and math.isfinite(loss):
+        optim(params)
+    pyro.infer.util.zero_grads(params)
+    return loss, finite
+
+
+def _numerical_error(step, loss, model, guide, x, rows) -> NumericalError:
+    """Name the step and the sites whose log-density is non-finite on this minibatch."""
+    bad_sites = []
+    with torch.no_grad():
+        try:
+            traces = run_pair(model, guide, x)
+            for trace in (traces.guide, traces.model):
+                trace.compute_log_prob()
+                for name, site in trace.nodes.items():
+                    if (is_latent(site) or is_observed(site)) and not bool(
+                        torch.isfinite(site["log_prob"]).all()
+                    ):
+                        bad_sites.append(name)
+        except PplVaeError:
+            pass
+    where = (
+        f"non-finite log-density at site(s) {sorted(set(bad_sites))}"
+        if bad_sites
+        else ("the log-densities are finite now, so a gradient overflowed")
+    )
+    what = "loss" if not math.isfinite(loss) else "gradient"
+    return NumericalError(
+        f"training stopped at step {step}: non-finite {what} ({where}); the parameters keep "
+        "their values from the last good step; try a lower lr, clip_norm=10.0, or rescaling "
+        "the data",
+        history=_history(rows),
+    )
+
+
+def _history(rows: list[tuple]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
