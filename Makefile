@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv by itself.
+# `make test` runs the whole suite, slow tests included; `make test-fast` skips those.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -19,11 +20,10 @@ demo: $(STAMP)
 		--steps 3000 --lr 3e-3 --out runs/demo/analytic --overwrite --no-progress
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -x
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

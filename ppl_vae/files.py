@@ -1,7 +1,8 @@
-"""Atomic file writes (mode set by the umask, like ``open``): a reader sees the old complete file or the new complete file, never half.
+"""Atomic file writes: a reader sees the old complete file or the new one, never half.
 
 Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target,
-then fsync the directory so the rename itself survives a crash.
+then fsync the directory so the rename itself survives a crash. Files get the mode ``open``
+would give them (0666 less the umask).
 """
 
 from __future__ import annotations

@@ -1,0 +1,36 @@
+"""Shared test set-up: a clean Pyro param store and a fixed seed for every test."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pyro  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro():
+    """Each test starts from an empty param store, seed 0, and Pyro's validation on."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.enable_validation(True)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """(train, test) of the embedded digits scaled to [0, 1], the fixed split."""
+    from ppl_vae import load_data
+
+    return load_data("digits", split="train"), load_data("digits", split="test")
+
+
+@pytest.fixture(scope="session")
+def binary_digits(digits):
+    train, test = digits
+    return (train > 0.5).float(), (test > 0.5).float()
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
