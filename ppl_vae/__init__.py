@@ -6,6 +6,7 @@ The identity everything rests on (see docs/derivation.md)::
     log p(x) - KL(q(z|x) || p(z|x)) = E_q[log p(x|z)] - KL(q(z|x) || p(z))   (the ELBO)
 """
 
+from . import nets
 from .data import load_data, train_test_split
 from .errors import (
     CheckpointError,
@@ -42,6 +43,7 @@ __all__ = [
     "importance_log_weights",
     "load_data",
     "load_pair",
+    "nets",
     "load_params",
     "log_likelihood",
     "save_params",
