@@ -111,7 +111,8 @@ def as_tensor(data) -> torch.Tensor:
         dtype = data.dtype
         if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
             raise DataError(f"data array has dtype {data.dtype}; give real numbers")
-        return torch.as_tensor(np.asarray(data, dtype=np.float32))
+        array = np.asarray(data, dtype=np.float32)
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
     raise DataError(
         f"data of type {type(data).__name__} is not supported; give a torch tensor, a numpy "
         "array, a pandas DataFrame of numeric columns, or a file path"

@@ -134,10 +134,10 @@ def evaluate(
             "elbo_se": per_particle.std(0) / math.sqrt(num_particles)
             if num_particles > 1
             else torch.full_like(kl_total[0], float("nan")),
-        }
-        frame["elbo"] = frame["reconstruction"] - frame["kl"]
-        frame.update({f"kl[{s}]": v.mean(0) for s, v in kls.items()})
-        frames.append(pd.DataFrame({k: v.double().cpu().numpy() for k, v in frame.items()}))
+        } | {f"kl[{s}]": v.mean(0) for s, v in kls.items()}
+        frame = {k: v.double().cpu().numpy() for k, v in frame.items()}
+        frame["elbo"] = frame["reconstruction"] - frame["kl"]  # exact in float64
+        frames.append(pd.DataFrame(frame))
     result = pd.concat(frames, ignore_index=True)
     columns = ["elbo", "elbo_se", "reconstruction", "kl"] + [f"kl[{s}]" for s in methods]
     result = result[columns]
