@@ -103,6 +103,8 @@ def as_tensor(data) -> torch.Tensor:
             raise DataError(f"data tensor has dtype {data.dtype}; give numbers")
         return data if data.dtype == torch.float32 else data.to(torch.float32)
     if isinstance(data, pd.DataFrame):
+        if data.empty:
+            raise DataError(f"the DataFrame is empty (shape {data.shape}); give at least one row")
         bad = [str(c) for c in data.columns if not pd.api.types.is_numeric_dtype(data[c])]
         if bad:
             raise DataError(f"column(s) {bad} are not numeric; drop them or encode them as numbers")
