@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from dataclasses import dataclass
 
 import pyro
@@ -114,5 +113,6 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
     return Inputs(pair, train, test, f"{pair.name} on {args.data} ({rows} rows)")
 
 
-def command_line() -> str:
-    return shlex.join(["ppl-vae", *sys.argv[1:]])
+def command_line(args: argparse.Namespace) -> str:
+    """The command as typed, for reports and summaries."""
+    return shlex.join(["ppl-vae", *args.argv])

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         write_json(
             staging / "summary.json",
             {
-                "command": command_line(),
+                "command": command_line(args),
                 "model": args.model,
                 "pair": inputs.pair.name,
                 "data": args.data,
