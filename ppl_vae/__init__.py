@@ -8,6 +8,7 @@ The identity everything rests on (see docs/derivation.md)::
 
 from . import nets
 from .data import load_data, train_test_split
+from .diagnostics import vi_diagnostics
 from .errors import (
     CheckpointError,
     DataError,
@@ -19,8 +20,10 @@ from .errors import (
 )
 from .estimators import ESTIMATORS, KLFallbackWarning
 from .evaluation import evaluate, importance_log_weights, log_likelihood
+from .inference_data import to_inference_data
 from .pair import ModelGuidePair, load_pair
 from .params import load_params, save_params
+from .reference import compare_posteriors, plot_comparison, reference_posterior
 from .training import FitResult, StepInfo, fit
 
 __version__ = "0.1.0"
@@ -38,6 +41,7 @@ __all__ = [
     "PairError",
     "PplVaeError",
     "StepInfo",
+    "compare_posteriors",
     "evaluate",
     "fit",
     "importance_log_weights",
@@ -46,6 +50,10 @@ __all__ = [
     "nets",
     "load_params",
     "log_likelihood",
+    "plot_comparison",
+    "reference_posterior",
     "save_params",
+    "to_inference_data",
     "train_test_split",
+    "vi_diagnostics",
 ]

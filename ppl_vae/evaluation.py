@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import pyro
@@ -43,6 +43,10 @@ class ParticleTerms:
     log_prior: dict[str, torch.Tensor]  # log p(z) per latent site
     log_q: dict[str, torch.Tensor]  # log q(z|x) per latent site
     closed_kl: dict[str, torch.Tensor | None]  # closed-form KL(q||p) per latent site, or None
+    # the latent values drawn from the guide per site, with the particle plate's dim
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+    # log p(x|z) per observed site, (K, N) each; they sum to ``log_likelihood``
+    observed: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def log_weights(self) -> torch.Tensor:
         """log p(x, z) − log q(z|x) per particle and datapoint."""
@@ -72,10 +76,12 @@ def particle_terms(
     def rows(value) -> torch.Tensor:
         return per_datapoint(value, layout, n).expand(num_particles, n)
 
-    log_lik = sum(
-        (rows(site["log_prob"]) for site in model_trace.nodes.values() if is_observed(site)),
-        torch.zeros(num_particles, n, device=x.device),
-    )
+    observed = {
+        name: rows(site["log_prob"])
+        for name, site in model_trace.nodes.items()
+        if is_observed(site)
+    }
+    log_lik = sum(observed.values(), torch.zeros(num_particles, n, device=x.device))
     latents = [name for name, site in model_trace.nodes.items() if is_latent(site)]
     closed = {}
     for name in latents:
@@ -86,6 +92,8 @@ def particle_terms(
         {s: rows(model_trace.nodes[s]["log_prob"]) for s in latents},
         {s: rows(guide_trace.nodes[s]["log_prob"]) for s in latents},
         closed,
+        {s: guide_trace.nodes[s]["value"] for s in latents},
+        observed,
     )
 
 

@@ -1,0 +1,114 @@
+r"""Can the guide be trusted? Pareto k̂ of the importance weights, per datapoint.
+
+Yao, Vehtari, Simpson & Gelman (2018), "Yes, but did it work?: Evaluating variational
+inference": with draws :math:`z_s \sim q(z|x_n)` and importance ratios
+:math:`w_s = p(x_n, z_s) / q(z_s|x_n)`, fit a generalized Pareto distribution to the largest
+ratios (PSIS, Vehtari et al. 2024). Its shape :math:`\hat k` estimates how heavy the tail of
+:math:`w` is, i.e. how badly q misses mass of :math:`p(z|x_n)`:
+
+- :math:`\hat k < 0.5`: good — importance sampling with q converges fast;
+- :math:`0.5 \le \hat k \le 0.7`: usable — it converges, slowly;
+- :math:`\hat k > 0.7`: unreliable — q should not be trusted for this datapoint.
+
+For an amortized guide the diagnostic is computed per datapoint: the weights of the joint
+posterior multiply over N points and say nothing. Draws are independent, so r_eff = 1.
+When all of a datapoint's log weights agree to within :data:`CONSTANT_SPREAD` (q equals the
+posterior up to float error) there is no tail to fit: k̂ is reported as −∞ and the point is
+good (PSIS itself would return +∞ there).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from . import arviz_compat
+from .evaluation import importance_log_weights
+
+GOOD, USABLE = 0.5, 0.7
+CONSTANT_SPREAD = 1e-3  # max − min of the log weights below which they count as equal
+
+
+def vi_diagnostics(
+    model: Callable,
+    guide: Callable,
+    data,
+    num_samples: int = 1000,
+    *,
+    seed: int = 0,
+    batch_size: int = 256,
+    particle_batch: int = 100,
+) -> pd.DataFrame:
+    """Pareto k̂, PSIS log-likelihood and ESS of the importance weights, one row per datapoint.
+
+    Columns:
+        ``khat``: the Pareto shape of the weights (ArviZ ``psislw``, r_eff = 1);
+        ``psis_log_likelihood``: :math:`\\log \\frac1S \\sum_s \\tilde w_s`, the PSIS-smoothed
+        (and truncated) estimate of :math:`\\log p(x_n)`;
+        ``log_likelihood``: the plain importance-sampled estimate (the IWAE bound);
+        ``ess``: the effective sample size of the self-normalized weights,
+        :math:`1/\\sum_s \\bar w_s^2` (Kish), between 1 and ``num_samples``;
+        ``verdict``: ``good`` / ``usable`` / ``unreliable`` by the thresholds above.
+
+    ``attrs["verdict"]`` is a one-line summary; ``attrs["num_samples"]`` and ``attrs["seed"]``
+    record the draws.
+    """
+    log_w = importance_log_weights(
+        model,
+        guide,
+        data,
+        num_samples,
+        batch_size=batch_size,
+        particle_batch=particle_batch,
+        seed=seed,
+    )
+    log_w = log_w.double().cpu().numpy().T  # (N, S)
+    smoothed, khat = arviz_compat.psislw(log_w)
+    constant = np.ptp(log_w, axis=1) < CONSTANT_SPREAD
+    khat = np.where(constant, -np.inf, khat)
+    log_total = np.logaddexp.reduce(log_w, axis=1)
+    normalized = np.exp(log_w - log_total[:, None])
+    table = pd.DataFrame(
+        {
+            "khat": khat,
+            "psis_log_likelihood": np.logaddexp.reduce(smoothed, axis=1) - math.log(num_samples),
+            "log_likelihood": log_total - math.log(num_samples),
+            "ess": 1.0 / np.sum(normalized**2, axis=1),
+            "verdict": pd.Categorical(
+                [category(k) for k in khat], categories=["good", "usable", "unreliable"]
+            ),
+        }
+    )
+    table.index.name = "datapoint"
+    table.attrs |= {"verdict": verdict(khat), "num_samples": num_samples, "seed": seed}
+    return table
+
+
+def category(khat: float) -> str:
+    """``good`` (k̂ < 0.5), ``usable`` (0.5 ≤ k̂ ≤ 0.7) or ``unreliable`` (k̂ > 0.7 or NaN)."""
+    if khat < GOOD:
+        return "good"
+    if khat <= USABLE:
+        return "usable"
+    return "unreliable"
+
+
+def verdict(khat) -> str:
+    """One line: how many datapoints fall in each k̂ range, and what that means for q."""
+    khat = np.asarray(khat, dtype=float)
+    counts = pd.Series([category(k) for k in khat]).value_counts()
+    good, usable, bad = (int(counts.get(c, 0)) for c in ("good", "usable", "unreliable"))
+    finite = khat[np.isfinite(khat)]
+    worst = f"{finite.max():.2f}" if finite.size else "-inf (weights constant)"
+    line = (
+        f"Pareto k̂ (Yao et al. 2018): < 0.5 at {good} of {khat.size} datapoints, "
+        f"0.5-0.7 at {usable}, > 0.7 at {bad}; max k̂ {worst}: "
+    )
+    if bad:
+        return line + f"q(z|x) is unreliable at {bad} datapoints ({bad / khat.size:.0%})"
+    if usable:
+        return line + "q(z|x) is usable, with noisy importance-sampling estimates at some points"
+    return line + "q(z|x) is good at every datapoint"

@@ -1,0 +1,206 @@
+r"""A Pyro guide's posterior as ArviZ ``InferenceData``.
+
+ArviZ's ``from_pyro`` converts MCMC runs only. Here the guide is the sampler: for the selected
+datapoints :math:`x_n`, draws :math:`z_{n,s} \sim q(z|x_n)`, :math:`s = 1..S`, are scored
+under the model, and the groups are
+
+- ``posterior``: every latent site's draws, dims ``(chain, draw, ...)``; the axis of a site
+  that runs over the data plate is named ``obs`` (coordinates: the row numbers), the others
+  ``{site}_dim_{i}``; global latents keep their own shapes;
+- ``posterior_predictive``: replicated observations :math:`\tilde x \sim p(x|z_{n,s})`;
+- ``log_likelihood``: :math:`\log p(x_n|z_{n,s})` per observed site, dims ``(chain, draw, obs)``;
+- ``sample_stats``: ``log_weight`` :math:`= \log p(x_n, z_{n,s}) - \log q(z_{n,s}|x_n)`;
+- ``observed_data``, and attributes (seed, estimator, steps, package versions).
+
+Draws of the guide are not a Markov chain: within a chain they are independent. Independent
+fits (seeds) become separate chains, so that R-hat measures how much restarts disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pyro
+import torch
+from pyro import poutine
+
+from . import arviz_compat
+from .data import as_array, take, validate_data
+from .errors import DataError
+from .evaluation import param_device, particle_terms
+from .params import restore, snapshot
+from .rng import seeded
+from .runs import versions
+from .traces import PairTraces, is_latent, is_observed, run_pair, with_particles
+from .training import FitResult
+
+OBS_DIM = "obs"
+
+
+def to_inference_data(
+    model: Callable,
+    guide: Callable,
+    data,
+    num_samples: int = 500,
+    *,
+    seed: int = 0,
+    obs: Sequence[int] | None = None,
+    fits: FitResult | Sequence[FitResult] | None = None,
+    attrs: Mapping[str, object] | None = None,
+    particle_batch: int = 100,
+) -> arviz_compat.InferenceData:
+    """Draw ``num_samples`` latents per datapoint from the guide and export them to ArviZ.
+
+    Args:
+        model, guide: the Pyro pair; parameters are read from Pyro's param store.
+        data: tensor, numpy array or DataFrame; rows are datapoints.
+        num_samples: draws per chain (vectorized, ``particle_batch`` at a time).
+        seed: seeds the draws; chain ``c`` uses ``seed + c``.
+        obs: row numbers to export (default all rows). The posterior of a per-datapoint
+            latent holds ``chains · num_samples · len(obs) · dim(z)`` numbers.
+        fits: :class:`~ppl_vae.FitResult` objects of independent fits of this pair; each
+            becomes one chain (its parameters are loaded for it, and the param store is put
+            back afterwards). Default: one chain from the parameters in the store.
+        attrs: extra attributes, e.g. ``{"estimator": "analytic", "steps": 2000}``.
+
+    Returns:
+        ``arviz.InferenceData`` with the groups listed in the module docstring.
+    """
+    fits = [fits] if isinstance(fits, FitResult) else list(fits or [])
+    x, index = select_rows(data, obs)
+    if fits:
+        saved = snapshot()
+        try:
+            chains = []
+            for c, fit in enumerate(fits):
+                restore(fit.params)
+                chains.append(_chain(model, guide, x, num_samples, seed + c, particle_batch))
+        finally:
+            restore(saved)
+    else:
+        chains = [_chain(model, guide, x, num_samples, seed, particle_batch)]
+    layout = chains[0][1]
+    groups = {
+        group: {name: np.stack([c[0][group][name] for c in chains]) for name in chains[0][0][group]}
+        for group in ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
+    }
+    groups["observed_data"] = {
+        name: site["value"].detach().cpu().numpy()
+        for name, site in layout.model.nodes.items()
+        if is_observed(site)
+    }
+    site_dims_ = {
+        name: site_dims(name, site, layout.data_dim)
+        for name, site in layout.model.nodes.items()
+        if is_latent(site) or is_observed(site)
+    }
+    dims = {
+        group: {name: site_dims_[name] for name in groups[group]}
+        for group in ("posterior", "posterior_predictive", "observed_data")
+    }
+    dims["log_likelihood"] = {name: [OBS_DIM] for name in groups["log_likelihood"]}
+    dims["sample_stats"] = {"log_weight": [OBS_DIM]}
+    return arviz_compat.from_dict(
+        groups, dims, {OBS_DIM: index.tolist()}, _attrs(seed, num_samples, fits, attrs)
+    )
+
+
+def site_dims(name: str, site: dict, data_dim: int) -> list[str]:
+    """Dim names of a site's value: ``obs`` for the data plate's axis, else ``{name}_dim_{i}``."""
+    shape = site["value"].shape
+    batch_ndim = len(shape) - site["fn"].event_dim
+    in_data_plate = any(f.vectorized and f.dim == data_dim for f in site["cond_indep_stack"])
+    data_axis = batch_ndim + data_dim if in_data_plate and batch_ndim >= -data_dim else None
+    others = iter(range(len(shape)))
+    return [OBS_DIM if a == data_axis else f"{name}_dim_{next(others)}" for a in range(len(shape))]
+
+
+def select_rows(data, obs: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The selected rows on the parameters' device, and their row numbers."""
+    array = as_array(data)
+    validate_data(array)
+    index = torch.arange(array.shape[0]) if obs is None else _index(obs, array.shape[0])
+    return take(array, index).to(param_device()), index
+
+
+def _index(obs: Sequence[int], num_rows: int) -> torch.Tensor:
+    index = torch.as_tensor(np.asarray(obs, dtype=np.int64).reshape(-1))
+    if index.numel() == 0:
+        raise DataError("obs selects no rows; give at least one row number")
+    if int(index.min()) < 0 or int(index.max()) >= num_rows:
+        raise DataError(
+            f"obs has row numbers outside 0..{num_rows - 1} (the data has {num_rows} rows)"
+        )
+    if index.unique().numel() != index.numel():
+        raise DataError("obs repeats row numbers; give each row once")
+    return index
+
+
+def _chain(
+    model: Callable,
+    guide: Callable,
+    x: torch.Tensor,
+    num_samples: int,
+    seed: int,
+    particle_batch: int,
+) -> tuple[dict[str, dict[str, np.ndarray]], PairTraces]:
+    """One chain: ``{group: {name: array (draw, ...)}}`` and the pair's layout on ``x``."""
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {
+        g: {} for g in ("posterior", "posterior_predictive", "log_likelihood", "sample_stats")
+    }
+
+    def add(group: str, name: str, value: torch.Tensor) -> None:
+        parts[group].setdefault(name, []).append(value.detach().cpu())
+
+    with torch.no_grad(), seeded(seed):
+        layout = run_pair(model, guide, x)
+        for start in range(0, num_samples, particle_batch):
+            k = min(particle_batch, num_samples - start)
+            terms = particle_terms(model, guide, x, k, layout)
+            for name, value in terms.values.items():
+                add("posterior", name, value.reshape(k, *layout.model.nodes[name]["value"].shape))
+            replicated = _replicate(model, x, k, layout, terms.values)
+            for name, value in replicated.items():
+                add("posterior_predictive", name, value)
+            for name, value in terms.observed.items():
+                add("log_likelihood", name, value)
+            add("sample_stats", "log_weight", terms.log_weights())
+    arrays = {
+        g: {name: torch.cat(v).double().numpy() for name, v in group.items()}
+        for g, group in parts.items()
+    }
+    return arrays, layout
+
+
+def _replicate(
+    model: Callable, x: torch.Tensor, k: int, layout: PairTraces, latents: dict
+) -> dict[str, torch.Tensor]:
+    """Observed sites drawn from the model given the latent draws, shape ``(k, *x_site)``."""
+    vectorized = with_particles(model, k, layout.max_plate_nesting)
+    trace = poutine.trace(poutine.condition(poutine.uncondition(vectorized), data=latents))
+    nodes = trace.get_trace(x).nodes
+    return {
+        name: nodes[name]["value"].reshape(k, *site["value"].shape)
+        for name, site in layout.model.nodes.items()
+        if is_observed(site)
+    }
+
+
+def _attrs(seed: int, num_samples: int, fits: list[FitResult], extra) -> dict[str, object]:
+    attrs: dict[str, object] = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "inference": "variational (draws from the guide q(z|x))",
+        "seed": seed,
+        "num_samples": num_samples,
+    }
+    if fits:
+        attrs |= {
+            "estimator": ",".join(sorted({f.estimator for f in fits})),
+            "steps": [f.num_steps for f in fits],
+            "fit_seeds": [f.seed for f in fits],
+        }
+    attrs |= {f"{k.replace('-', '_')}_version": v for k, v in versions().items()}
+    attrs |= dict(extra or {})
+    return attrs

@@ -1,0 +1,142 @@
+r"""A reference posterior by NUTS, and VI set side by side with it.
+
+With the decoder's parameters fixed at their trained values, the posterior
+:math:`p(z|x) \propto p(z)\, p_\theta(x|z)` of the selected datapoints is sampled by Pyro's
+No-U-Turn sampler (Hoffman & Gelman 2014) and converted with ArviZ's ``from_pyro``. It is what
+the guide q(z|x) approximates, so comparing the two — per latent, mean and sd, and the
+marginal densities overlaid — shows what the amortized mean-field guide gets wrong. Only for
+models small enough: the cost grows with the number of datapoints times the latent size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyro
+import torch
+from pyro import poutine
+from pyro.infer import MCMC, NUTS
+
+from . import arviz_compat
+from .errors import DataError, PairError
+from .inference_data import OBS_DIM, select_rows, site_dims
+from .rng import seeded
+from .traces import data_plate_dim, is_latent, is_observed
+
+
+def reference_posterior(
+    model: Callable,
+    data,
+    num_samples: int = 500,
+    *,
+    warmup_steps: int = 500,
+    num_chains: int = 1,
+    seed: int = 0,
+    obs: Sequence[int] | None = None,
+    progress: bool = False,
+) -> arviz_compat.InferenceData:
+    """NUTS draws of every latent site of ``model`` given the selected rows of ``data``.
+
+    The model's parameters (``pyro.param``, ``pyro.module``) are read from the param store and
+    held fixed: train or load them first. Chains run one after another, chain ``c`` seeded
+    with ``seed + c``. Dims and coords match :func:`~ppl_vae.to_inference_data`, so the two
+    can be compared directly.
+
+    Returns:
+        ``arviz.InferenceData`` from ``az.from_pyro``: posterior, sample_stats (NUTS), observed
+        data; ``attrs["inference"] = "NUTS"``.
+    """
+    x, index = select_rows(data, obs)
+    trace = _trace_with_trained_params(model, x)
+    data_dim = data_plate_dim(trace, x.shape[0])
+    dims = {
+        name: site_dims(name, site, data_dim)
+        for name, site in trace.nodes.items()
+        if is_latent(site) or is_observed(site)
+    }
+    runs = []
+    for chain in range(num_chains):
+        kernel = NUTS(model, jit_compile=False)
+        run = MCMC(kernel, num_samples, warmup_steps=warmup_steps, disable_progbar=not progress)
+        with seeded(seed + chain):
+            run.run(x)
+        runs.append(run)
+    attrs = {"inference": "NUTS", "seed": seed, "warmup_steps": warmup_steps}
+    return arviz_compat.from_pyro_chains(runs, dims, {OBS_DIM: index.tolist()}, attrs)
+
+
+def _trace_with_trained_params(model: Callable, x: torch.Tensor):
+    """Trace the model once; refuse (and undo) if it had to create parameters."""
+    store = pyro.get_param_store()
+    before = set(store.keys())
+    with torch.no_grad():
+        trace = poutine.trace(model).get_trace(x)
+    created = sorted(set(store.keys()) - before)
+    if created:
+        for name in created:
+            del store[name]
+        raise PairError(
+            f"the model's parameter(s) {created} are not in Pyro's param store; fit the pair "
+            "or load its params.pt before sampling the reference posterior"
+        )
+    return trace
+
+
+def compare_posteriors(
+    approx: arviz_compat.InferenceData,
+    reference: arviz_compat.InferenceData,
+    *,
+    labels: tuple[str, str] = ("vi", "nuts"),
+    var_names: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Per latent element: mean and sd under each posterior, and how far apart they are.
+
+    Returns one row per element (``z[obs=3, z_dim_0=1]``) with ``mean_{a}``, ``sd_{a}``,
+    ``mean_{b}``, ``sd_{b}`` for labels ``(a, b)``, ``z_score`` = (mean_a − mean_b) / sd_b and
+    ``sd_ratio`` = sd_a / sd_b. Draws of all chains are pooled.
+    """
+    a, b = labels
+    shared = arviz_compat.variables(approx).keys() & arviz_compat.variables(reference).keys()
+    names = list(var_names) if var_names is not None else sorted(shared)
+    rows = {}
+    for name in names:
+        dims = arviz_compat.variables(approx)[name][2:]
+        coords = [arviz_compat.coordinate(approx, "posterior", d) for d in dims]
+        first, second = (arviz_compat.draws(idata, name) for idata in (approx, reference))
+        if first.shape[2:] != second.shape[2:]:
+            raise DataError(
+                f"{name!r} has shape {first.shape[2:]} in one posterior and "
+                f"{second.shape[1:]} in the other; export the same datapoints (obs=) from both"
+            )
+        shape = first.shape[2:]
+        first, second = (v.reshape(v.shape[0] * v.shape[1], -1) for v in (first, second))
+        for flat, element in enumerate(np.ndindex(*shape)):
+            where = ", ".join(f"{d}={c[i]}" for d, c, i in zip(dims, coords, element, strict=True))
+            rows[f"{name}[{where}]"] = (first[:, flat], second[:, flat])
+    table = pd.DataFrame(
+        {
+            f"mean_{a}": [u.mean() for u, _ in rows.values()],
+            f"sd_{a}": [u.std(ddof=1) for u, _ in rows.values()],
+            f"mean_{b}": [v.mean() for _, v in rows.values()],
+            f"sd_{b}": [v.std(ddof=1) for _, v in rows.values()],
+        },
+        index=pd.Index(list(rows), name="latent"),
+    )
+    table["z_score"] = (table[f"mean_{a}"] - table[f"mean_{b}"]) / table[f"sd_{b}"]
+    table["sd_ratio"] = table[f"sd_{a}"] / table[f"sd_{b}"]
+    return table
+
+
+def plot_comparison(
+    approx: arviz_compat.InferenceData,
+    reference: arviz_compat.InferenceData,
+    var_names: Sequence[str],
+    coords: Mapping[str, Sequence] | None = None,
+    *,
+    labels: tuple[str, str] = ("VI", "NUTS"),
+) -> np.ndarray:
+    """Marginal densities of both posteriors overlaid (``az.plot_density``); the axes."""
+    return arviz_compat.plot_density([approx, reference], labels, var_names, coords or {})
+
