@@ -12,8 +12,10 @@ Python 3.11. arviz ≥ 1.0 (Python ≥ 3.12) returns an xarray ``DataTree`` from
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,22 @@ with warnings.catch_warnings():  # arviz 0.2x announces its 1.0 refactor on impo
 
 InferenceData = az.InferenceData
 Groups = Mapping[str, Mapping[str, np.ndarray]]
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence ArviZ's notes that do not apply here: the single-chain shape check (draws of a
+    guide are independent, one chain is fine) and the deprecation of k̂ arrays in plot_khat."""
+    logger = logging.getLogger("arviz")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def from_dict(
@@ -113,25 +131,11 @@ def summary(idata: InferenceData, var_names: Sequence[str] | None = None) -> pd.
     With one chain R-hat compares the chain's halves only, which says nothing about whether
     independent fits agree, so the column is dropped rather than shown as if it meant that.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "shape validation failed" for 1 chain
+    with _quiet():
         table = az.summary(idata, var_names=list(var_names) if var_names else None)
     if num_chains(idata) < 2:
         table = table.drop(columns=["r_hat"], errors="ignore")
     return table
-
-
-def loo(idata: InferenceData) -> pd.Series:
-    """``az.loo`` (PSIS-LOO) as a Series: elpd_loo, se, p_loo, and the worst k̂."""
-    result = az.loo(idata, pointwise=True)
-    return pd.Series(
-        {
-            "elpd_loo": float(result["elpd_loo"]),
-            "se": float(result["se"]),
-            "p_loo": float(result["p_loo"]),
-            "max_khat": float(np.max(result["pareto_k"])),
-        }
-    )
 
 
 def save(idata: InferenceData, path: str | Path) -> None:
@@ -145,40 +149,28 @@ def load(path: str | Path) -> InferenceData:
 
 
 def plot_posterior(idata: InferenceData, var_names: Sequence[str], coords: Mapping) -> np.ndarray:
-    return np.asarray(
-        az.plot_posterior(idata, var_names=list(var_names), coords=dict(coords))
-    )
-
-
-def plot_forest(idata: Sequence[InferenceData], labels: Sequence[str], var_names, coords):
-    """One forest plot of several InferenceData objects side by side (e.g. VI and NUTS)."""
-    return np.asarray(
-        az.plot_forest(
-            list(idata),
-            model_names=list(labels),
-            var_names=list(var_names),
-            coords=dict(coords),
-            combined=True,
-        )
-    )
+    with _quiet():
+        return np.asarray(az.plot_posterior(idata, var_names=list(var_names), coords=dict(coords)))
 
 
 def plot_ppc(idata: InferenceData, num_pp_samples: int = 50):
-    return az.plot_ppc(idata, num_pp_samples=num_pp_samples, random_seed=0)
+    with _quiet():
+        return az.plot_ppc(idata, num_pp_samples=num_pp_samples, random_seed=0)
 
 
 def plot_khat(khat: np.ndarray):
-    return az.plot_khat(np.asarray(khat), show_hlines=True, show_bins=False)
+    with _quiet():
+        return az.plot_khat(np.asarray(khat), show_hlines=True)
 
 
 def plot_density(idata: Sequence[InferenceData], labels: Sequence[str], var_names, coords):
     """Marginal densities of several InferenceData objects overlaid, one panel per element."""
-    return np.asarray(
-        az.plot_density(
+    with _quiet():
+        axes = az.plot_density(
             list(idata),
             data_labels=list(labels),
             var_names=list(var_names),
             coords=dict(coords),
             shade=0.1,
         )
-    )
+    return np.asarray(axes)

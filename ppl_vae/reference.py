@@ -139,4 +139,3 @@ def plot_comparison(
 ) -> np.ndarray:
     """Marginal densities of both posteriors overlaid (``az.plot_density``); the axes."""
     return arviz_compat.plot_density([approx, reference], labels, var_names, coords or {})
-

@@ -1,18 +1,22 @@
-"""Options and input loading shared by the subcommands that train a pair."""
+"""Options and input loading shared by the subcommands: train a pair, or reload a train run."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyro
 import torch
 
-from ..data import Array, as_tensor, load_data
-from ..errors import DataError
+from ..data import Array, as_tensor, load_data, take
+from ..errors import DataError, OutputError
 from ..estimators import ESTIMATORS
 from ..pair import ModelGuidePair, load_pair
+from ..params import load_params
+from ..runs import read_json
+from ..traces import run_pair
 
 
 def add_pair_options(parser: argparse.ArgumentParser) -> None:
@@ -116,3 +120,34 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
 def command_line(args: argparse.Namespace) -> str:
     """The command as typed, for reports and summaries."""
     return shlex.join(["ppl-vae", *args.argv])
+
+
+def load_run(run_dir: str | Path) -> tuple[Inputs, dict]:
+    """Rebuild a ``ppl-vae train`` run: its pair and data from ``summary.json``, with the
+    trained parameters of ``params.pt`` loaded. Returns the inputs and the summary."""
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / "summary.json")
+    missing = [k for k in ("model", "data", "seed", "x_dim") if k not in summary]
+    if missing:
+        raise OutputError(
+            f"{str(run_dir / 'summary.json')!r} lacks {missing}; give a directory written by "
+            "ppl-vae train"
+        )
+    args = argparse.Namespace(
+        model=summary["model"],
+        data=summary["data"],
+        test_data=summary.get("test_data"),
+        binarize=bool(summary.get("binarize", False)),
+        seed=int(summary["seed"]),
+        device="cpu",
+    )
+    inputs = load_inputs(args)
+    if int(inputs.train.shape[1]) != int(summary["x_dim"]):
+        raise DataError(
+            f"the run was trained on {summary['x_dim']} columns but {summary['data']!r} now has "
+            f"{inputs.train.shape[1]}; give the run the data it was trained on"
+        )
+    with torch.no_grad():  # registers pyro.module's own Parameters, so loading reaches them
+        run_pair(*inputs.pair, as_tensor(take(inputs.train, torch.arange(2))))
+    load_params(run_dir / "params.pt")
+    return inputs, summary
