@@ -37,7 +37,13 @@ def make_pair(x_dim: int = 64, z_dim: int = 2) -> ModelGuidePair:
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(x @ A.T + b, s).to_event(1))
 
-    return ModelGuidePair(model, guide, name="linear_gaussian", x_dim=x_dim)
+    return ModelGuidePair(
+        model,
+        guide,
+        name="linear_gaussian",
+        x_dim=x_dim,
+        exact_log_likelihood=exact_log_likelihood,
+    )
 
 
 def _decoder() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ The identity everything rests on (see docs/derivation.md)::
 """
 
 from . import nets
+from .comparison import Comparison, compare_estimators
 from .data import load_data, train_test_split
 from .diagnostics import vi_diagnostics
 from .errors import (
@@ -24,11 +25,14 @@ from .inference_data import to_inference_data
 from .pair import ModelGuidePair, load_pair
 from .params import load_params, save_params
 from .reference import compare_posteriors, plot_comparison, reference_posterior
+from .report import write_report
 from .training import FitResult, StepInfo, fit
+from .variance import gradient_variance
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Comparison",
     "ESTIMATORS",
     "CheckpointError",
     "DataError",
@@ -40,6 +44,9 @@ __all__ = [
     "OutputError",
     "PairError",
     "PplVaeError",
+    "compare_estimators",
+    "gradient_variance",
+    "write_report",
     "StepInfo",
     "compare_posteriors",
     "evaluate",

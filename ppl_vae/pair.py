@@ -33,6 +33,9 @@ class ModelGuidePair:
             ``fit(device=...)`` moves them (buffers included).
         x_dim: the data width the pair was built for, checked before training.
         binary: the likelihood needs values in {0, 1} (the embedded digits are binarized).
+        exact_log_likelihood: ``f(x) -> log p(x)`` per row under the current parameters,
+            for models that have it in closed form; comparisons then report the exact gap
+            log p(x) − ELBO.
 
     ``model, guide = pair`` unpacks, so ``fit(*pair, data)`` works.
     """
@@ -43,6 +46,7 @@ class ModelGuidePair:
     modules: Sequence[torch.nn.Module] = field(default_factory=tuple)
     x_dim: int | None = None
     binary: bool = False
+    exact_log_likelihood: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __iter__(self) -> Iterator[Callable]:
         return iter((self.model, self.guide))

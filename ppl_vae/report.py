@@ -1,6 +1,7 @@
 """Tables, figures and a markdown report of a :class:`~ppl_vae.comparison.Comparison`.
 
-Figures are drawn with matplotlib's Agg backend into PNG files; nothing is shown on screen.
+Figures are :class:`matplotlib.figure.Figure` objects made without pyplot (no global state,
+the user's backend untouched) and saved as PNG; nothing is shown on screen.
 The verdict is generated from the numbers (paired 95% intervals over seeds, variance ratios at
 the same parameters and on the same draws), never written in advance.
 """
@@ -10,17 +11,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from .comparison import Comparison  # noqa: E402
-from .files import atomic_write, atomic_write_text  # noqa: E402
-from .runs import run_directory  # noqa: E402
+from .comparison import Comparison
+from .files import atomic_write, atomic_write_text
+from .runs import run_directory
 
 FIGURES = {
     "convergence_steps.png": "ELBO per datapoint against training steps",
@@ -56,7 +53,6 @@ def write_report(
             atomic_write(
                 staging / name, lambda f, fig=figure: fig.savefig(f, format="png", dpi=110)
             )
-            plt.close(figure)
         atomic_write_text(staging / "report.md", markdown(comparison, command, description))
     return Path(out) / "report.md"
 
@@ -306,9 +302,10 @@ def _band(ax, x: pd.Series, y: pd.DataFrame, label: str) -> None:
     ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.25)
 
 
-def _convergence(comparison: Comparison, against: str) -> plt.Figure:
+def _convergence(comparison: Comparison, against: str) -> Figure:
     curves = comparison.curves
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2, sharex=True)
     window = max(1, comparison.settings["num_steps"] // 50)
     for estimator, c in curves.groupby("estimator", sort=False):
         wide = c.pivot(index="step", columns="seed")
@@ -329,20 +326,21 @@ def _convergence(comparison: Comparison, against: str) -> plt.Figure:
     return fig
 
 
-def convergence_steps(comparison: Comparison) -> plt.Figure:
+def convergence_steps(comparison: Comparison) -> Figure:
     return _convergence(comparison, "step")
 
 
-def convergence_seconds(comparison: Comparison) -> plt.Figure:
+def convergence_seconds(comparison: Comparison) -> Figure:
     return _convergence(comparison, "time_s")
 
 
-def gradients(comparison: Comparison) -> plt.Figure:
+def gradients(comparison: Comparison) -> Figure:
     """Variance and SNR per group against step (log-log, step + 1), at each run's own
     parameters: solid = the estimator's own run, dashed = another estimator's run."""
     g = comparison.gradients
     groups = list(dict.fromkeys(g["param_group"]))
-    fig, axes = plt.subplots(2, len(groups), figsize=(5 * len(groups), 7), squeeze=False)
+    fig = Figure(figsize=(5 * len(groups), 7))
+    axes = fig.subplots(2, len(groups), squeeze=False)
     colours = {e: f"C{i}" for i, e in enumerate(comparison.settings["estimators"])}
     for j, group in enumerate(groups):
         for (run, estimator), part in g[g["param_group"] == group].groupby(
@@ -368,12 +366,13 @@ def gradients(comparison: Comparison) -> plt.Figure:
     return fig
 
 
-def estimates(comparison: Comparison) -> plt.Figure:
+def estimates(comparison: Comparison) -> Figure:
     """Histograms of the ELBO estimate's draws at initialization and at the end."""
     d = comparison.draws
     seed = d["seed"].iloc[0]
     first_run = d["run"].iloc[0]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2)
     panels = (
         ("initialization", d[(d["step"] == 0) & (d["run"] == first_run)]),
         (

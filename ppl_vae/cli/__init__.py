@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from ..errors import PplVaeError
-from . import diagnose, train
+from . import compare, diagnose, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -18,7 +18,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-COMMANDS = (train, diagnose)
+COMMANDS = (train, compare, diagnose)
 
 
 def build_parser() -> argparse.ArgumentParser:
