@@ -33,7 +33,7 @@ Groups = Mapping[str, Mapping[str, np.ndarray]]
 def _quiet() -> Iterator[None]:
     """Silence ArviZ's notes that do not apply here: the single-chain shape check (draws of a
     guide are independent, one chain is fine) and the deprecation of k̂ arrays in plot_khat."""
-    logger = logging.getLogger("arviz")
+    logger = az._log  # arviz 0.2x keeps its own Logger, not registered with logging
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
@@ -139,13 +139,8 @@ def summary(idata: InferenceData, var_names: Sequence[str] | None = None) -> pd.
 
 
 def save(idata: InferenceData, path: str | Path) -> None:
-    """Write NetCDF (the h5netcdf engine when installed, else netCDF4/scipy, as ArviZ picks)."""
+    """Write every group to one NetCDF file (ArviZ 0.2x uses the h5netcdf engine)."""
     idata.to_netcdf(str(path))
-
-
-def load(path: str | Path) -> InferenceData:
-    """Read a NetCDF file into memory (the file is closed afterwards)."""
-    return az.from_netcdf(str(path)).load()
 
 
 def plot_posterior(idata: InferenceData, var_names: Sequence[str], coords: Mapping) -> np.ndarray:

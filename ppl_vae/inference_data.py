@@ -167,7 +167,7 @@ def _chain(
                 add("log_likelihood", name, value)
             add("sample_stats", "log_weight", terms.log_weights())
     arrays = {
-        g: {name: torch.cat(v).double().numpy() for name, v in group.items()}
+        g: {name: torch.cat(v).numpy() for name, v in group.items()}
         for g, group in parts.items()
     }
     return arrays, layout
