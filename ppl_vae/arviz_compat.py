@@ -159,13 +159,11 @@ def plot_khat(khat: np.ndarray):
 
 
 def plot_density(idata: Sequence[InferenceData], labels: Sequence[str], var_names, coords):
-    """Marginal densities of several InferenceData objects overlaid, one panel per element."""
+    """Marginal densities of several InferenceData objects overlaid, one panel per element;
+    ``coords`` selects elements (e.g. ``{"obs": [0, 1]}``)."""
+    selected = [d.sel(**{k: list(v) for k, v in coords.items()}) for d in idata]
     with _quiet():
         axes = az.plot_density(
-            list(idata),
-            data_labels=list(labels),
-            var_names=list(var_names),
-            coords=dict(coords),
-            shade=0.1,
+            selected, data_labels=list(labels), var_names=list(var_names), shade=0.1
         )
     return np.asarray(axes)
