@@ -47,14 +47,23 @@ def write_report(
     Returns the path of ``report.md``.
     """
     with run_directory(out, overwrite) as staging:
-        comparison.write(staging)
-        for name in FIGURES:
-            figure = FIGURE_MAKERS[name](comparison)
-            atomic_write(
-                staging / name, lambda f, fig=figure: fig.savefig(f, format="png", dpi=110)
-            )
-        atomic_write_text(staging / "report.md", markdown(comparison, command, description))
+        write_files(comparison, staging, command=command, description=description)
     return Path(out) / "report.md"
+
+
+def write_files(
+    comparison: Comparison,
+    directory: Path,
+    *,
+    command: str = "",
+    description: str = "a model/guide pair",
+) -> None:
+    """Write the report's files into an existing ``directory``, each file atomically."""
+    comparison.write(directory)
+    for name in FIGURES:
+        figure = FIGURE_MAKERS[name](comparison)
+        atomic_write(directory / name, lambda f, fig=figure: fig.savefig(f, format="png", dpi=110))
+    atomic_write_text(directory / "report.md", markdown(comparison, command, description))
 
 
 def markdown(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..comparison import compare_estimators
 from ..estimators import ESTIMATORS
-from ..report import write_report
+from ..report import write_files
+from ..runs import run_directory
 from .common import add_pair_options, command_line, load_inputs
 
 
@@ -57,31 +59,26 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     inputs = load_inputs(args)
     model, guide = inputs.pair
-    comparison = compare_estimators(
-        model,
-        guide,
-        inputs.train,
-        inputs.test,
-        estimators=args.estimators,
-        seeds=args.seeds,
-        num_steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        num_draws=args.draws,
-        num_checkpoints=args.checkpoints,
-        ll_samples=args.ll_samples,
-        modules=inputs.pair.modules,
-        exact_log_likelihood=inputs.pair.exact_log_likelihood,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    report = write_report(
-        comparison,
-        args.out,
-        command=command_line(),
-        description=inputs.description,
-        overwrite=args.overwrite,
-    )
+    with run_directory(args.out, args.overwrite) as staging:  # refuses a taken OUT up front
+        comparison = compare_estimators(
+            model,
+            guide,
+            inputs.train,
+            inputs.test,
+            estimators=args.estimators,
+            seeds=args.seeds,
+            num_steps=args.steps,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            num_draws=args.draws,
+            num_checkpoints=args.checkpoints,
+            ll_samples=args.ll_samples,
+            modules=inputs.pair.modules,
+            exact_log_likelihood=inputs.pair.exact_log_likelihood,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+        write_files(comparison, staging, command=command_line(args), description=inputs.description)
     summary = comparison.summary.set_index("estimator")
     lines = [f"{inputs.description}: {len(args.seeds)} seeds x {args.steps} steps"]
     for estimator, row in summary.iterrows():
@@ -89,6 +86,6 @@ def run(args: argparse.Namespace) -> int:
             f"  {estimator:>9}: held-out ELBO {row['test_elbo']:.3f} ± {row['test_elbo_sd']:.3f}"
             f", log p(x) {row['log_likelihood']:.3f}, {row['ms_per_step']:.2f} ms/step"
         )
-    lines.append(f"wrote {report}")
+    lines.append(f"wrote {Path(args.out) / 'report.md'}")
     print("\n".join(lines))
     return 0
