@@ -14,10 +14,9 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/ppl-vae train --model models/bernoulli_vae.py --data digits --estimator sampled \
-		--steps 3000 --lr 3e-3 --out runs/demo/sampled --overwrite --no-progress
-	$(BIN)/ppl-vae train --model models/bernoulli_vae.py --data digits --estimator analytic \
-		--steps 3000 --lr 3e-3 --out runs/demo/analytic --overwrite --no-progress
+	$(BIN)/ppl-vae compare --model models/bernoulli_vae.py --data digits --steps 3000 --lr 3e-3 \
+		--seeds 0 1 2 --estimators sampled analytic --out runs/demo --overwrite
+	@echo "open runs/demo/report.md"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
