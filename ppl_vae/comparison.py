@@ -13,8 +13,11 @@ parameters, and these are measured (definitions in docs/estimators.md):
 3. *Convergence*: the training ELBO per datapoint at every step and the held-out ELBO at
    ``num_evals`` evenly spaced steps, against steps and training seconds (measurements are
    excluded from the clock).
-4. *Cost*: median seconds per step; the peak memory one training step adds (CUDA: allocator
-   peak; Linux CPU: the rise of the process's peak resident set, reset before the step).
+4. *Cost*: median milliseconds per step; the memory of one loss-and-gradient pass on the
+   probe minibatch: ``graph_mb``, the bytes of the tensors autograd saves for the backward
+   pass (activations, parameters excluded; counted with ``saved_tensors_hooks``, the same on
+   every device), and on CUDA ``cuda_peak_mb``, the allocator's peak above what was allocated
+   before the pass (NaN on CPU, where no allocator peak is kept).
 5. *Final quality*: held-out ELBO (closed-form KL where registered, K = ``final_particles``)
    and the importance-sampled log-likelihood (IWAE bound, K = ``ll_samples``; Burda et al.
    2016) per datapoint; with ``exact_log_likelihood`` also the exact log p(x) and the true gap
@@ -74,8 +77,8 @@ class Comparison:
         summary: one row per estimator: each headline figure as its mean over seeds with
             ``*_sd`` its standard deviation: ``test_elbo``, ``log_likelihood`` (and
             ``exact_log_likelihood``, ``gap`` when exact), ``train_elbo``, ``ms_per_step``,
-            ``step_memory_mb``, and at initialization/the end of its own run ``elbo_sd_init``,
-            ``elbo_sd_final`` and ``encoder_variance_init``/``_final``,
+            ``graph_mb``, ``cuda_peak_mb``, and at initialization/the end of its own run
+            ``elbo_sd_init``, ``elbo_sd_final`` and ``encoder_variance_init``/``_final``,
             ``decoder_variance_init``/``_final``.
         differences: per estimator other than the first and per quality metric, the mean
             paired difference (estimator − first) over seeds and its 95% t-interval.
@@ -227,7 +230,6 @@ def compare_estimators(
         "evaluated_on": "test_data" if test_data is not None else "data (no test_data given)",
         "train_rows": int(array.shape[0]),
         "eval_rows": int(held_out.shape[0]),
-        "memory": _memory_kind(torch.device(device)),
         "exact": exact_log_likelihood is not None,
         "versions": versions(),
     }
@@ -374,7 +376,7 @@ class _Run:
             "log_likelihood": float(ll.mean()),
             "train_elbo": self.result.final_elbo,
             "ms_per_step": 1e3 * float(np.median(np.diff(history["time_s"], prepend=0.0))),
-            "step_memory_mb": self._step_memory(),
+            **self._step_memory(),
             "seconds": float(history["time_s"].iloc[-1]),
         }
         if exact is not None:
@@ -382,51 +384,34 @@ class _Run:
                 exact_ll = float(exact(x).mean())
             self.final |= {"exact_log_likelihood": exact_ll, "gap": exact_ll - elbo}
 
-    def _step_memory(self) -> float:
-        """MB one loss-and-gradient pass on a training minibatch adds at its peak."""
+    def _step_memory(self) -> dict[str, float]:
+        """Memory of one loss-and-gradient pass on the probe minibatch (module doc, item 4)."""
         x = self.probe.to(param_device())
         layout = run_pair(self.model, self.guide, x)
         elbo = make_elbo(self.estimator, 1, layout.max_plate_nesting)
-        with _peak_memory(x.device) as peak, pyro.poutine.trace(param_only=True) as capture:
+        params = {p.data_ptr() for _, p in pyro.get_param_store().named_parameters()}
+        saved: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            if t.data_ptr() not in params:
+                saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        cuda = x.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(x.device)
+            base = torch.cuda.memory_allocated(x.device)
+            torch.cuda.reset_peak_memory_stats(x.device)
+        with (
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            pyro.poutine.trace(param_only=True) as capture,
+        ):
             elbo.loss_and_grads(self.model, self.guide, x)
+        peak = (torch.cuda.max_memory_allocated(x.device) - base) / 2**20 if cuda else math.nan
         pyro.infer.util.zero_grads(
             {site["value"].unconstrained() for site in capture.trace.nodes.values()}
         )
-        return peak()
-
-
-@contextlib.contextmanager
-def _peak_memory(device: torch.device) -> Iterator[Callable[[], float]]:
-    """Yields a function giving the block's peak memory increase in MB (NaN if unknown)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        yield lambda: (torch.cuda.max_memory_allocated(device) - base) / 2**20
-        return
-    status = Path("/proc/self/status")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        base = _status_kb(status, "VmHWM")
-    except OSError:
-        yield lambda: math.nan
-        return
-    end: list[float] = []
-    yield lambda: end[0]
-    end.append((_status_kb(status, "VmHWM") - base) / 1024)
-
-
-def _status_kb(status: Path, key: str) -> float:
-    for line in status.read_text().splitlines():
-        if line.startswith(key + ":"):
-            return float(line.split()[1])
-    raise OSError(f"{key} not in {status}")
-
-
-def _memory_kind(device: torch.device) -> str:
-    if device.type == "cuda":
-        return "CUDA allocator peak above the allocation before one training step"
-    return "rise of the process's peak resident set (VmHWM, reset first) over one training step"
+        return {"graph_mb": sum(saved.values()) / 2**20, "cuda_peak_mb": peak}
 
 
 def _assemble(records: list[_Run], estimators: list[str], settings: dict) -> Comparison:

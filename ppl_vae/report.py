@@ -87,8 +87,8 @@ def markdown(
     lines += [
         f"Held-out ELBO with K = {s['final_particles']} particles (closed-form KL where "
         f"registered); log p(x) is the IWAE bound with K = {s['ll_samples']}. Time per step is "
-        "the median over steps, measurements excluded. Step memory: "
-        f"{s['memory']}.",
+        "the median over steps, measurements excluded. Memory: the tensors autograd saves for "
+        "the backward pass of one step on a minibatch (and on CUDA the allocator's peak).",
         "",
     ]
     if not comparison.differences.empty:
@@ -196,12 +196,20 @@ def _variance_findings(comparison: Comparison) -> list[str]:
         e = _at_same_params(comparison.estimates, other, value="elbo_sd")
         for when in ("init", "final"):
             row = e[e["when"] == when]
-            if not row.empty:
-                removed = 1 - (row[other].iloc[0] / row["sampled"].iloc[0]) ** 2
+            if row.empty:
+                continue
+            ratio = (row[other].iloc[0] / row["sampled"].iloc[0]) ** 2
+            at = "initialization" if when == "init" else "the end"
+            if ratio <= 1:
                 found.append(
-                    f"At {'initialization' if when == 'init' else 'the end'}, {other} "
-                    f"removed {100 * removed:.0f}% of the sampled ELBO estimate's "
-                    "variance on the probe minibatch."
+                    f"At {at}, {other} removed {100 * (1 - ratio):.0f}% of the variance of "
+                    "the sampled ELBO estimate on the probe minibatch."
+                )
+            else:
+                found.append(
+                    f"At {at}, {other}'s ELBO estimate had {ratio:.2f}× the variance of the "
+                    "sampled one: the sampled KL term's noise cancelled part of the "
+                    "reconstruction term's (see docs/estimators.md)."
                 )
     return found
 
@@ -231,7 +239,9 @@ def headline(comparison: Comparison) -> str:
             name = LABELS.get(metric, "train ELBO (last 10%)")
             columns[name] = _pm(summary, metric, 3)
     columns["ms / step"] = _pm(summary, "ms_per_step", 2)
-    columns["step memory (MB)"] = _pm(summary, "step_memory_mb", 1)
+    columns["autograd graph (MB)"] = _pm(summary, "graph_mb", 2)
+    if summary["cuda_peak_mb"].notna().any():
+        columns["CUDA peak (MB)"] = _pm(summary, "cuda_peak_mb", 1)
     return _table(pd.DataFrame(columns))
 
 
