@@ -18,7 +18,8 @@ parameters, and these are measured (definitions in docs/estimators.md):
    pass (activations, parameters excluded; counted with ``saved_tensors_hooks``, the same on
    every device), and on CUDA ``cuda_peak_mb``, the allocator's peak above what was allocated
    before the pass (NaN on CPU, where no allocator peak is kept).
-5. *Final quality*: held-out ELBO (closed-form KL where registered, K = ``final_particles``)
+5. *Final quality*: held-out ELBO (closed-form KL where registered, K = ``final_particles``,
+   with its Monte Carlo standard error)
    and the importance-sampled log-likelihood (IWAE bound, K = ``ll_samples``; Burda et al.
    2016) per datapoint; with ``exact_log_likelihood`` also the exact log p(x) and the true gap
    log p(x) − ELBO = KL(q(z|x) ‖ p(z|x)). Differences to the first estimator are paired by
@@ -368,11 +369,14 @@ class _Run:
         """Final held-out quality, cost, and the memory of one training step."""
         x = held_out.to(param_device())
         seed = self.seed * 1_000_003 + self.result.num_steps + 1
-        elbo = float(evaluate(self.model, self.guide, x, particles, seed=seed)["elbo"].mean())
+        terms = evaluate(self.model, self.guide, x, particles, seed=seed)
+        elbo = float(terms["elbo"].mean())
         ll = log_likelihood(self.model, self.guide, x, ll_samples, seed=seed)
         history = self.result.history
         self.final = {
             "test_elbo": elbo,
+            # Monte Carlo standard error of the mean over rows (independent draws per row)
+            "test_elbo_se": float(np.sqrt((terms["elbo_se"] ** 2).sum()) / len(terms)),
             "log_likelihood": float(ll.mean()),
             "train_elbo": self.result.final_elbo,
             "ms_per_step": 1e3 * float(np.median(np.diff(history["time_s"], prepend=0.0))),

@@ -146,7 +146,10 @@ def test_linear_gaussian_reports_the_exact_gap():
     settings = TINY | {"final_particles": 2000, "num_steps": 40}
     c = compare_estimators(*pair, x[:120], x[120:], exact_log_likelihood=exact, lr=0.05, **settings)
     assert len(truths) == 4
-    assert c.runs["gap"].to_numpy() == pytest.approx(truths, abs=0.02)
+    # the gap is known up to the held-out ELBO's Monte Carlo error
+    errors = (c.runs["gap"] - truths).abs()
+    assert (c.runs["test_elbo_se"] > 0).all()
+    assert (errors < 4 * c.runs["test_elbo_se"] + 1e-4).all(), (errors, c.runs["test_elbo_se"])
     assert (c.runs["gap"] > 0).all()
     assert (c.runs["log_likelihood"] <= c.runs["exact_log_likelihood"] + 0.02).all()
     assert "exact gap log p(x) − ELBO" in markdown(c)
