@@ -40,6 +40,7 @@ def _quiet() -> Iterator[None]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # matplotlib 3.11 vs arviz 0.2x
             yield
     finally:
         logger.setLevel(level)
@@ -149,8 +150,14 @@ def plot_posterior(idata: InferenceData, var_names: Sequence[str], coords: Mappi
 
 
 def plot_ppc(idata: InferenceData, num_pp_samples: int = 50):
+    """Observed data against at most ``num_pp_samples`` replicated data sets."""
+    sizes = idata.posterior_predictive.sizes
     with _quiet():
-        return az.plot_ppc(idata, num_pp_samples=num_pp_samples, random_seed=0)
+        return az.plot_ppc(
+            idata,
+            num_pp_samples=min(num_pp_samples, sizes["chain"] * sizes["draw"]),
+            random_seed=0,
+        )
 
 
 def plot_khat(khat: np.ndarray):
