@@ -177,7 +177,8 @@ def compare_estimators(
         num_checkpoints: checkpoints after initialization, log-spaced up to ``num_steps``.
         num_evals, eval_particles: held-out ELBO at this many steps, with this many particles.
         final_particles, ll_samples: particles of the final held-out ELBO and IWAE bound.
-        modules: ``torch.nn.Module`` objects to re-initialize per seed (``pair.modules``).
+        modules: ``torch.nn.Module`` objects to re-initialize per seed (``pair.modules``);
+            they are moved to ``device``.
         exact_log_likelihood: ``f(x) -> log p(x)`` per row under the current parameters, when
             the model has one; adds the exact gap log p(x) − ELBO.
         device: where training runs.
@@ -197,6 +198,7 @@ def compare_estimators(
     probe = take(array, torch.randperm(array.shape[0], generator=chooser)[:batch_size])
     checkpoints = _checkpoints(num_steps, num_checkpoints)
     evals = {int(s) for s in np.linspace(0, num_steps, num_evals + 1).round()}
+    device = torch.device(device)
     options = dict(num_steps=num_steps, batch_size=batch_size, lr=lr, device=device)
     measures = dict(num_draws=num_draws, eval_particles=eval_particles)
     bar = tqdm(
@@ -207,10 +209,10 @@ def compare_estimators(
     )
     records: list[_Run] = []
     try:
-        with _isolated(model, guide, probe) as created, warnings.catch_warnings():
+        with _isolated(model, guide, probe, modules, device) as created, warnings.catch_warnings():
             warnings.simplefilter("ignore", KLFallbackWarning)
             for seed in seeds:
-                initial = _initial_parameters(model, guide, probe, created, modules, seed)
+                initial = _initial_parameters(model, guide, probe, created, modules, seed, device)
                 for estimator in estimators:
                     param_io.restore(initial)
                     bar.set_description(f"compare[{estimator}, seed {seed}]")
@@ -228,6 +230,7 @@ def compare_estimators(
         "final_particles": final_particles,
         "ll_samples": ll_samples,
         "modules_reinitialized": len(modules),
+        "device": str(device),
         "evaluated_on": "test_data" if test_data is not None else "data (no test_data given)",
         "train_rows": int(array.shape[0]),
         "eval_rows": int(held_out.shape[0]),
@@ -270,8 +273,9 @@ def _checkpoints(num_steps: int, count: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def _isolated(model, guide, probe) -> Iterator[set[str]]:
-    """Leave Pyro's param store, the pair's modules and Pyro's RNGs as they were found.
+def _isolated(model, guide, probe, modules, device) -> Iterator[set[str]]:
+    """Leave Pyro's param store, the pair's modules and Pyro's RNGs as they were found (the
+    values; like ``fit``, the parameters are left on ``device``).
 
     Yields the names of the parameters the pair creates itself (absent before).
     """
@@ -279,8 +283,11 @@ def _isolated(model, guide, probe) -> Iterator[set[str]]:
     before = set(store.keys())
     rng = pyro.util.get_rng_state()
     try:
+        for module in modules:
+            module.to(device)
         with torch.no_grad():
-            run_pair(model, guide, probe)  # registers every parameter with its current value
+            run_pair(model, guide, probe.to(device))  # registers every parameter as it is
+        _to_device(device)
         original = param_io.snapshot()
     except BaseException:
         _forget_new(before)
@@ -299,7 +306,15 @@ def _forget_new(before: set[str]) -> None:
         del store[name]
 
 
-def _initial_parameters(model, guide, probe, created, modules, seed) -> dict[str, torch.Tensor]:
+def _to_device(device: torch.device) -> None:
+    with torch.no_grad():
+        for _, unconstrained in pyro.get_param_store().named_parameters():
+            unconstrained.data = unconstrained.data.to(device)
+
+
+def _initial_parameters(
+    model, guide, probe, created, modules, seed, device
+) -> dict[str, torch.Tensor]:
     """Seed ``seed``'s initial parameters (module doc), returned as a snapshot."""
     pyro.set_rng_seed(int(seed))
     store = pyro.get_param_store()
@@ -311,7 +326,8 @@ def _initial_parameters(model, guide, probe, created, modules, seed) -> dict[str
             for layer in module.modules():
                 if hasattr(layer, "reset_parameters"):
                     layer.reset_parameters()
-        run_pair(model, guide, probe.to(param_device()))
+        run_pair(model, guide, probe.to(device))
+    _to_device(device)
     return param_io.snapshot()
 
 

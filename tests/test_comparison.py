@@ -11,6 +11,7 @@ import ppl_vae
 from ppl_vae import Comparison, compare_estimators
 from ppl_vae.errors import EstimatorError, OutputError, PplVaeError
 from ppl_vae.report import markdown
+from tests.conftest import requires_cuda
 
 TIMING = ["time_s", "ms_per_step", "ms_per_step_sd", "seconds", "seconds_sd"]
 TINY = dict(
@@ -204,3 +205,15 @@ def test_bad_arguments_are_refused_before_any_work(binary_data, options, error, 
     with pytest.raises(error, match=match):
         compare_estimators(*tiny_vae(), train, test, **(TINY | options))
     assert not list(pyro.get_param_store().keys())
+
+
+@requires_cuda
+def test_comparison_on_cuda_measures_the_allocator_peak(binary_data):
+    train, test = binary_data
+    pair = tiny_vae()
+    c = compare_estimators(*pair, train, test, modules=pair.modules, device="cuda", **TINY)
+    assert c.settings["device"] == "cuda"
+    assert (c.runs["cuda_peak_mb"] > 0).all() and (c.runs["graph_mb"] > 0).all()
+    assert c.runs[["test_elbo", "log_likelihood"]].notna().all().all()
+    start = c.curves[c.curves["step"] == 0].set_index(["seed", "estimator"])["test_elbo"]
+    assert start[(0, "sampled")] == start[(0, "analytic")]
