@@ -25,6 +25,7 @@ import pytest
 import torch
 from pyro.distributions import constraints
 
+from ppl_vae.errors import EstimatorError
 from ppl_vae.traces import run_pair
 from ppl_vae.variance import estimate_draws, gradient_draws, gradient_variance, param_groups
 
@@ -129,3 +130,18 @@ def test_param_groups_split_encoder_and_decoder():
     groups = param_groups(run_pair(model, guide, torch.randn(3, 5)))
     assert sorted(groups["encoder"]) == ["A", "b", "s"]
     assert sorted(groups["decoder"]) == ["W", "mu", "sigma"]
+
+
+def test_gradient_variance_refuses_non_reparameterized_guides():
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Bernoulli(0.5))
+            pyro.sample("x", dist.Normal(c, 1.0), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", torch.tensor(0.3), constraint=constraints.unit_interval)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Bernoulli(p))
+
+    with pytest.raises(EstimatorError, match=r"\['c'\] are not reparameterized"):
+        gradient_variance(model, guide, torch.randn(4), num_draws=4)
