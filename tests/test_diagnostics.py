@@ -23,22 +23,29 @@ from ppl_vae.traces import run_pair
 D, K, N = 6, 2, 40
 
 
-def ppca(orthogonal: bool = True):
-    """A pPCA pair with chosen W (orthogonal columns or not), σ = 0.5, and data drawn from it."""
-    pair = linear_gaussian.make_pair(x_dim=D, z_dim=K)
-    generator = torch.Generator().manual_seed(1)
-    W = torch.randn(D, K, generator=generator)
-    if orthogonal:
-        W = torch.linalg.qr(W)[0] * torch.tensor([2.0, 1.0])
-    z = torch.randn(N, K, generator=generator)
-    x = z @ W.T + 0.5 * torch.randn(N, D, generator=generator)
+def ppca_at(W: torch.Tensor, sigma: float, rows: int, seed: int):
+    """pPCA with decoder (W, σ), ``rows`` datapoints drawn from it, and the guide set to the
+    best diagonal Gaussian to the exact posterior (exact when W's columns are orthogonal)."""
+    x_dim, z_dim = W.shape
+    pair = linear_gaussian.make_pair(x_dim=x_dim, z_dim=z_dim)
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(rows, z_dim, generator=generator)
+    x = z @ W.T + sigma * torch.randn(rows, x_dim, generator=generator)
     run_pair(*pair, x)
     store = pyro.get_param_store()
     with torch.no_grad():
         store["W"].unconstrained().copy_(W)
-        store["sigma"].unconstrained().copy_(torch.tensor(0.5).log())
+        store["sigma"].unconstrained().copy_(torch.tensor(sigma).log())
     linear_gaussian.set_guide_to_posterior()
     return pair, x
+
+
+def ppca(orthogonal: bool = True):
+    """σ = 0.5 and W with orthogonal columns (scaled 2 and 1), or not."""
+    W = torch.randn(D, K, generator=torch.Generator().manual_seed(1))
+    if orthogonal:
+        W = torch.linalg.qr(W)[0] * torch.tensor([2.0, 1.0])
+    return ppca_at(W, 0.5, N, seed=1)
 
 
 def scale_guide(factor: float) -> None:

@@ -9,7 +9,7 @@ import torch
 
 import ppl_vae
 from models import linear_gaussian
-from ppl_vae.traces import run_pair
+from tests.test_diagnostics import ppca_at
 
 D, K, N = 5, 2, 12
 ROWS = [0, 4, 9]
@@ -18,18 +18,9 @@ ROWS = [0, 4, 9]
 @pytest.fixture
 def ppca():
     """pPCA with a non-orthogonal W (correlated posterior), σ = 0.6; guide at the best diagonal."""
-    pair = linear_gaussian.make_pair(x_dim=D, z_dim=K)
-    generator = torch.Generator().manual_seed(2)
-    W = torch.randn(D, K, generator=generator)
+    W = torch.randn(D, K, generator=torch.Generator().manual_seed(2))
     W[:, 1] += W[:, 0]  # overlapping columns: a strongly correlated posterior
-    x = torch.randn(N, K, generator=generator) @ W.T + 0.6 * torch.randn(N, D, generator=generator)
-    run_pair(*pair, x)
-    store = pyro.get_param_store()
-    with torch.no_grad():
-        store["W"].unconstrained().copy_(W)
-        store["sigma"].unconstrained().copy_(torch.tensor(0.6).log())
-    linear_gaussian.set_guide_to_posterior()
-    return pair, x
+    return ppca_at(W, 0.6, N, seed=2)
 
 
 def test_nuts_reference_agrees_with_the_exact_posterior(ppca):
