@@ -188,7 +188,16 @@ def compare_estimators(
         a :class:`Comparison`.
     """
     settings = _check_arguments(
-        estimators, seeds, num_steps, batch_size, num_draws, num_checkpoints, num_evals
+        estimators,
+        seeds,
+        num_steps=(num_steps, 1),
+        batch_size=(batch_size, 1),
+        num_draws=(num_draws, 2),
+        num_checkpoints=(num_checkpoints, 0),
+        num_evals=(num_evals, 1),
+        eval_particles=(eval_particles, 1),
+        final_particles=(final_particles, 2),
+        ll_samples=(ll_samples, 1),
     )
     array = as_array(data)
     validate_data(array, batch_size)
@@ -240,26 +249,21 @@ def compare_estimators(
     return _assemble(records, list(estimators), settings)
 
 
-def _check_arguments(estimators, seeds, num_steps, batch_size, num_draws, checkpoints, evals):
+def _check_arguments(estimators, seeds, **counts: tuple[int, int]) -> dict:
+    """Refuse bad estimators, seeds, and counts given as ``name=(value, least)``."""
     estimators = [check_estimator(e) for e in estimators]
     if not estimators or len(set(estimators)) != len(estimators):
         raise PplVaeError(f"estimators must be distinct names, at least one, not {estimators}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise PplVaeError(f"seeds must be distinct integers, at least one, not {list(seeds)}")
-    for name, value, least in (
-        ("num_steps", num_steps, 1),
-        ("batch_size", batch_size, 1),
-        ("num_draws", num_draws, 2),
-        ("num_checkpoints", checkpoints, 0),
-        ("num_evals", evals, 1),
-    ):
+    for name, (value, least) in counts.items():
         if int(value) != value or value < least:
             raise PplVaeError(f"{name} must be an integer >= {least}, not {value!r}")
     return {
         "estimators": estimators,
         "seeds": [int(s) for s in seeds],
-        "num_steps": num_steps,
-        "batch_size": batch_size,
+        "num_steps": counts["num_steps"][0],
+        "batch_size": counts["batch_size"][0],
     }
 
 

@@ -198,6 +198,7 @@ def test_save_and_load_round_trip(binary_data, tmp_path):
         ({"seeds": (1, 1)}, PplVaeError, "distinct"),
         ({"num_draws": 1}, PplVaeError, "num_draws"),
         ({"num_steps": 0}, PplVaeError, "num_steps"),
+        ({"ll_samples": 0}, PplVaeError, "ll_samples"),
     ],
 )
 def test_bad_arguments_are_refused_before_any_work(binary_data, options, error, match):
