@@ -27,6 +27,7 @@ import pandas as pd
 
 from . import arviz_compat
 from .evaluation import importance_log_weights
+from .inference_data import check_count
 
 GOOD, USABLE = 0.5, 0.7
 CONSTANT_SPREAD = 1e-3  # max − min of the log weights below which they count as equal
@@ -56,6 +57,7 @@ def vi_diagnostics(
     ``attrs["verdict"]`` is a one-line summary; ``attrs["num_samples"]`` and ``attrs["seed"]``
     record the draws.
     """
+    check_count("num_samples", num_samples)
     log_w = importance_log_weights(
         model,
         guide,

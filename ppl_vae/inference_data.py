@@ -27,7 +27,7 @@ from pyro import poutine
 
 from . import arviz_compat
 from .data import as_array, take, validate_data
-from .errors import DataError
+from .errors import DataError, PplVaeError
 from .evaluation import param_device, particle_terms
 from .params import restore, snapshot
 from .rng import seeded
@@ -67,6 +67,7 @@ def to_inference_data(
     Returns:
         ``arviz.InferenceData`` with the groups listed in the module docstring.
     """
+    check_count("num_samples", num_samples)
     fits = [fits] if isinstance(fits, FitResult) else list(fits or [])
     x, index = select_rows(data, obs)
     if fits:
@@ -90,13 +91,13 @@ def to_inference_data(
         for name, site in layout.model.nodes.items()
         if is_observed(site)
     }
-    site_dims_ = {
+    named = {
         name: site_dims(name, site, layout.data_dim)
         for name, site in layout.model.nodes.items()
         if is_latent(site) or is_observed(site)
     }
     dims = {
-        group: {name: site_dims_[name] for name in groups[group]}
+        group: {name: named[name] for name in groups[group]}
         for group in ("posterior", "posterior_predictive", "observed_data")
     }
     dims["log_likelihood"] = {name: [OBS_DIM] for name in groups["log_likelihood"]}
@@ -114,6 +115,11 @@ def site_dims(name: str, site: dict, data_dim: int) -> list[str]:
     data_axis = batch_ndim + data_dim if in_data_plate and batch_ndim >= -data_dim else None
     others = iter(range(len(shape)))
     return [OBS_DIM if a == data_axis else f"{name}_dim_{next(others)}" for a in range(len(shape))]
+
+
+def check_count(name: str, value: int) -> None:
+    if not isinstance(value, int) or value < 1:
+        raise PplVaeError(f"{name} must be a positive integer, not {value!r}")
 
 
 def select_rows(data, obs: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,8 +173,7 @@ def _chain(
                 add("log_likelihood", name, value)
             add("sample_stats", "log_weight", terms.log_weights())
     arrays = {
-        g: {name: torch.cat(v).numpy() for name, v in group.items()}
-        for g, group in parts.items()
+        g: {name: torch.cat(v).numpy() for name, v in group.items()} for g, group in parts.items()
     }
     return arrays, layout
 

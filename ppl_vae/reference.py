@@ -21,7 +21,7 @@ from pyro.infer import MCMC, NUTS
 
 from . import arviz_compat
 from .errors import DataError, PairError
-from .inference_data import OBS_DIM, select_rows, site_dims
+from .inference_data import OBS_DIM, check_count, select_rows, site_dims
 from .rng import seeded
 from .traces import data_plate_dim, is_latent, is_observed
 
@@ -48,6 +48,8 @@ def reference_posterior(
         ``arviz.InferenceData`` from ``az.from_pyro``: posterior, sample_stats (NUTS), observed
         data; ``attrs["inference"] = "NUTS"``.
     """
+    for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
+        check_count(name, value)
     x, index = select_rows(data, obs)
     trace = _trace_with_trained_params(model, x)
     data_dim = data_plate_dim(trace, x.shape[0])

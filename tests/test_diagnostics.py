@@ -235,3 +235,11 @@ def test_obs_must_name_existing_distinct_rows():
         ppl_vae.to_inference_data(*pair, x, num_samples=5, obs=[0, N])
     with pytest.raises(ppl_vae.DataError, match="repeats"):
         ppl_vae.to_inference_data(*pair, x, num_samples=5, obs=[1, 1])
+
+
+def test_sample_counts_must_be_positive():
+    pair, x = ppca()
+    with pytest.raises(ppl_vae.PplVaeError, match="num_samples must be a positive integer"):
+        ppl_vae.to_inference_data(*pair, x, num_samples=0)
+    with pytest.raises(ppl_vae.PplVaeError, match="num_samples must be a positive integer"):
+        ppl_vae.vi_diagnostics(*pair, x, num_samples=0)
