@@ -43,15 +43,15 @@ def vi_diagnostics(
     batch_size: int = 256,
     particle_batch: int = 100,
 ) -> pd.DataFrame:
-    """Pareto k̂, PSIS log-likelihood and ESS of the importance weights, one row per datapoint.
+    r"""Pareto k̂, PSIS log-likelihood and ESS of the importance weights, one row per datapoint.
 
     Columns:
         ``khat``: the Pareto shape of the weights (ArviZ ``psislw``, r_eff = 1);
-        ``psis_log_likelihood``: :math:`\\log \\frac1S \\sum_s \\tilde w_s`, the PSIS-smoothed
-        (and truncated) estimate of :math:`\\log p(x_n)`;
+        ``psis_log_likelihood``: :math:`\log \frac1S \sum_s \tilde w_s`, the PSIS-smoothed
+        (and truncated) estimate of :math:`\log p(x_n)`;
         ``log_likelihood``: the plain importance-sampled estimate (the IWAE bound);
         ``ess``: the effective sample size of the self-normalized weights,
-        :math:`1/\\sum_s \\bar w_s^2` (Kish), between 1 and ``num_samples``;
+        :math:`1/\sum_s \bar w_s^2` (Kish), between 1 and ``num_samples``;
         ``verdict``: ``good`` / ``usable`` / ``unreliable`` by the thresholds above.
 
     ``attrs["verdict"]`` is a one-line summary; ``attrs["num_samples"]`` and ``attrs["seed"]``
