@@ -218,3 +218,16 @@ def test_comparison_on_cuda_measures_the_allocator_peak(binary_data):
     assert c.runs[["test_elbo", "log_likelihood"]].notna().all().all()
     start = c.curves[c.curves["step"] == 0].set_index(["seed", "estimator"])["test_elbo"]
     assert start[(0, "sampled")] == start[(0, "analytic")]
+
+
+def test_measurements_do_not_disturb_training(binary_data):
+    """Checkpoint measurements draw from forked RNG streams: the training curve is the same
+    with many measurements as with almost none."""
+    train, test = binary_data
+    pair = tiny_vae()
+    many = compare_estimators(*pair, train, test, modules=pair.modules, **TINY)
+    few = compare_estimators(
+        *pair, train, test, modules=pair.modules, **(TINY | {"num_checkpoints": 0, "num_evals": 1})
+    )
+    pd.testing.assert_series_equal(many.curves["train_elbo"], few.curves["train_elbo"])
+    pd.testing.assert_series_equal(many.runs["test_elbo"], few.runs["test_elbo"])
