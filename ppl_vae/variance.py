@@ -17,7 +17,8 @@ deviation over draws is the estimator's noise at these parameters.
 minibatch loss :math:`-\sum_n \hat{\mathcal L}_n^{(r)}` (what SVI steps on) with respect to the
 unconstrained parameters, the total variance :math:`\operatorname{tr}\operatorname{Cov}(g)` and
 the signal-to-noise ratio of Rainforth et al. (2018, "Tighter variational bounds are not
-necessarily better", eq. 5, extended to a vector by norms)
+necessarily better"), who define it per coordinate as :math:`|\mathbb E\, g_i| / \sigma(g_i)`;
+for a group of parameters we use its vector form
 
 .. math:: \mathrm{SNR} = \frac{\|\mathbb E\, g\|}{\sqrt{\operatorname{tr}\operatorname{Cov}(g)}}.
 
