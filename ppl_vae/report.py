@@ -204,6 +204,8 @@ def _variance_findings(comparison: Comparison) -> list[str]:
             if row.empty:
                 continue
             ratio = (row[other].iloc[0] / row["sampled"].iloc[0]) ** 2
+            if ratio == 1:  # the same value on the same draws (stl, or a full fallback)
+                continue
             at = "initialization" if when == "init" else "the end"
             if ratio <= 1:
                 found.append(

@@ -6,6 +6,8 @@ under every estimator *with the same draw* (a paired comparison):
 
 - ``"sampled"`` (``Trace_ELBO``): :math:`\hat{\mathcal L}^{(r)} = \frac1N\sum_n
   \log p(x_n|z^{(r)}_n) - [\log q(z^{(r)}_n|x_n) - \log p(z^{(r)}_n)]`;
+- ``"stl"`` (sticking the landing, Roeder et al. 2017): the sampled value; its gradient drops
+  the score term ∇_φ log q(z|x) at fixed z (see :func:`estimator_elbo`);
 - ``"analytic"`` (``TraceMeanField_ELBO``): the same with the KL term replaced by
   :math:`\mathrm{KL}(q(z|x_n)\,\|\,p(z))` in closed form where one is registered, so that term
   has zero variance given :math:`x`.
@@ -39,26 +41,50 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 import pyro
 import torch
+from pyro import poutine
 
 from .errors import EstimatorError
 from .estimators import check_estimator
 from .evaluation import ParticleTerms, particle_terms
 from .rng import seeded
-from .traces import PairTraces, is_latent, run_pair
+from .traces import PairTraces, is_latent, per_datapoint, run_pair, with_particles
 
 ENCODER = "encoder"
 DECODER = "decoder"
 GRADIENT_COLUMNS = ["estimator", "param_group", "variance", "snr", "mean_norm", "num_params"]
 
 
-def estimator_elbo(terms: ParticleTerms, estimator: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per particle and datapoint: (ELBO, KL term) as ``estimator`` computes them, each (K, N)."""
+def estimator_elbo(
+    terms: ParticleTerms, estimator: str, fixed_log_q: dict[str, torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per particle and datapoint: (ELBO, KL term) as ``estimator`` computes them, each (K, N).
+
+    For ``"stl"`` with ``fixed_log_q`` (log q(z̄|x), z̄ = stop_grad(z), per site) the KL term is
+    the path-derivative surrogate log q(z|x) − log q(z̄|x) + stop_grad(log q(z̄|x)) − log p(z):
+    the sampled value, without the score term's gradient.
+    """
     closed_form = check_estimator(estimator) == "analytic"
-    kl = sum(
-        (terms.kl(site, closed_form) for site in terms.log_prior),
-        torch.zeros_like(terms.log_likelihood),
-    )
+    kls = {site: terms.kl(site, closed_form) for site in terms.log_prior}
+    if estimator == "stl" and fixed_log_q is not None:
+        kls = {s: kl - fixed_log_q[s] + fixed_log_q[s].detach() for s, kl in kls.items()}
+    kl = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
     return terms.log_likelihood - kl, kl
+
+
+def fixed_log_q(
+    guide: Callable, x: torch.Tensor, terms: ParticleTerms, layout: PairTraces
+) -> dict[str, torch.Tensor]:
+    """log q(z̄|x) per latent site and particle, with z̄ the detached draws of ``terms``: the
+    guide is run once more, conditioned on them, so only its parameters carry gradients."""
+    num_particles, n = terms.log_likelihood.shape
+    draws = {site: value.detach() for site, value in terms.values.items()}
+    guide = with_particles(guide, num_particles, layout.max_plate_nesting)
+    trace = poutine.trace(poutine.condition(guide, data=draws)).get_trace(x)
+    trace.compute_log_prob()
+    return {
+        s: per_datapoint(trace.nodes[s]["log_prob"], layout, n).expand(num_particles, n)
+        for s in draws
+    }
 
 
 def param_groups(layout: PairTraces) -> dict[str, list[str]]:
@@ -134,7 +160,8 @@ def gradient_draws(
         for start in range(0, num_draws, chunk):
             m = min(chunk, num_draws - start)
             terms = particle_terms(model, guide, x, m, layout)
-            losses = torch.cat([-estimator_elbo(terms, e)[0].sum(1) for e in estimators])
+            fixed = fixed_log_q(guide, x, terms, layout) if "stl" in estimators else None
+            losses = torch.cat([-estimator_elbo(terms, e, fixed)[0].sum(1) for e in estimators])
             grads = torch.autograd.grad(
                 losses,
                 params,

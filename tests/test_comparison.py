@@ -231,3 +231,20 @@ def test_measurements_do_not_disturb_training(binary_data):
     )
     pd.testing.assert_series_equal(many.curves["train_elbo"], few.curves["train_elbo"])
     pd.testing.assert_series_equal(many.runs["test_elbo"], few.runs["test_elbo"])
+
+
+def test_stl_rows_share_the_sampled_value_but_not_its_encoder_gradient(binary_data):
+    train, test = binary_data
+    c = compare_estimators(
+        *tiny_vae(), train, test, **(TINY | {"seeds": (0,), "estimators": ("sampled", "stl")})
+    )
+    assert list(c.sites["kl"]) == ["sampled", "sampled"]
+    e = c.estimates.pivot_table(index=["run", "step"], columns="estimator", values="elbo_sd")
+    assert (e["sampled"] == e["stl"]).all()
+    g = c.gradients.pivot_table(
+        index=["run", "step", "param_group"], columns="estimator", values="variance"
+    )
+    decoder = g.xs("decoder", level="param_group")
+    assert (decoder["sampled"] - decoder["stl"]).abs().max() < 1e-6 * decoder["sampled"].max()
+    encoder = g.xs("encoder", level="param_group")
+    assert (encoder["sampled"] != encoder["stl"]).all()

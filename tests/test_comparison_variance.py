@@ -13,6 +13,15 @@ Differentiating along the path z = m + s ε (Pyro differentiates log q through z
 - analytic: ∂f/∂m = x − 2m − sε,             Var = s²;
             ∂f/∂s = (x − m)ε − sε² − s + 1/s, Var = (x − m)² + 2s².
 
+"stl" (sticking the landing) drops the score term ∂ log q(z; m, s)/∂(m, s) at fixed z and keeps
+only the path term ∂ log q/∂z · ∂z/∂(m, s) = −(ε/s, ε²/s):
+
+- stl:      ∂f/∂m = x − 2m − 2sε + ε/s,          Var = (1/s − 2s)²;
+            ∂f/∂s = (x − 2m)ε + (1/s − 2s)ε²,    Var = (x − 2m)² + 2(1/s − 2s)²,
+
+both zero at the exact posterior q = N(x/2, 1/2) (m = x/2, 2s² = 1), where the sampled
+gradient still has Var[∂f/∂m] = 4s² = 2.
+
 Pyro stores s unconstrained as ρ = log s, so ∂f/∂ρ = s ∂f/∂s and its variance is s² times the
 above. The KL term: sampled log q − log p = −½ε² − log s + ½z², with mean KL(q‖p) exactly.
 """
@@ -26,6 +35,7 @@ import torch
 from pyro.distributions import constraints
 
 from ppl_vae.errors import EstimatorError
+from ppl_vae.estimators import STLTrace_ELBO
 from ppl_vae.traces import run_pair
 from ppl_vae.variance import estimate_draws, gradient_draws, gradient_variance, param_groups
 
@@ -51,6 +61,8 @@ def closed_form_variances() -> dict[tuple[str, str], float]:
         ("sampled", "s"): S**2 * ((X - 2 * M) ** 2 + 8 * S**2),
         ("analytic", "m"): S**2,
         ("analytic", "s"): S**2 * ((X - M) ** 2 + 2 * S**2),
+        ("stl", "m"): (1 / S - 2 * S) ** 2,
+        ("stl", "s"): S**2 * ((X - 2 * M) ** 2 + 2 * (1 / S - 2 * S) ** 2),
     }
 
 
@@ -58,12 +70,13 @@ def test_gradient_variance_matches_closed_form_on_normal_normal_toy():
     x = torch.tensor([X])
     num_draws = 20000
     draws = gradient_draws(
-        toy_model, toy_guide, x, ("sampled", "analytic"), num_draws, chunk=50, seed=1
+        toy_model, toy_guide, x, ("sampled", "analytic", "stl"), num_draws, chunk=50, seed=1
     )
     table = gradient_variance(
         toy_model,
         toy_guide,
         x,
+        ("sampled", "analytic", "stl"),
         num_draws=num_draws,
         groups={"m": ["m"], "s": ["s"]},
         chunk=50,
@@ -78,7 +91,7 @@ def test_gradient_variance_matches_closed_form_on_normal_normal_toy():
         row = table.set_index(["estimator", "param_group"]).loc[(estimator, name)]
         assert row["variance"] == pytest.approx(measured, rel=1e-9)
     # the mean gradient of the loss −f is exact: −E ∂f/∂m = −(x − 2m) for both estimators
-    for estimator in ("sampled", "analytic"):
+    for estimator in ("sampled", "analytic", "stl"):
         g = draws[estimator]["m"].double()
         assert abs(float(g.mean()) + (X - 2 * M)) < 4 * float(g.std()) / math.sqrt(num_draws)
 
@@ -89,10 +102,11 @@ def test_single_draw_gradient_is_pyros_gradient():
 
     model, guide = make_pair(x_dim=6, z_dim=2, hidden=5)
     x = (torch.rand(4, 6) > 0.5).float()
-    ours = gradient_draws(model, guide, x, ("sampled", "analytic"), 1, seed=3)
+    ours = gradient_draws(model, guide, x, ("sampled", "analytic", "stl"), 1, seed=3)
     for estimator, elbo in (
         ("sampled", pyro.infer.Trace_ELBO),
         ("analytic", pyro.infer.TraceMeanField_ELBO),
+        ("stl", STLTrace_ELBO),
     ):
         pyro.set_rng_seed(3)
         loss = elbo(num_particles=1, vectorize_particles=True, max_plate_nesting=1)
@@ -145,3 +159,20 @@ def test_gradient_variance_refuses_non_reparameterized_guides():
 
     with pytest.raises(EstimatorError, match=r"\['c'\] are not reparameterized"):
         gradient_variance(model, guide, torch.randn(4), num_draws=4)
+
+
+def test_stl_gradient_vanishes_at_the_exact_posterior():
+    """At q = p(z|x) = N(x/2, 1/2) the path-derivative gradient is exactly zero in every draw;
+    the sampled one is not (Var ∂f/∂m = 4s² = 2)."""
+
+    def guide(x):
+        m = pyro.param("m", torch.tensor(X / 2))
+        s = pyro.param("s", torch.tensor(0.5**0.5), constraint=constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(m, s))
+
+    table = gradient_variance(
+        toy_model, guide, torch.tensor([X]), ("sampled", "stl"), 400, groups={"m": ["m"]}
+    ).set_index("estimator")
+    assert table.loc["stl", "variance"] < 1e-10
+    assert table.loc["sampled", "variance"] == pytest.approx(2.0, rel=0.25)
