@@ -20,6 +20,7 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from . import distributed
 from . import params as param_io
 from .data import as_array, check_support, take, validate_data
 from .errors import NumericalError, PplVaeError
@@ -130,9 +131,16 @@ def fit(
     device = torch.device(device)
     pyro.set_rng_seed(seed)
 
-    layout = _probe(model, guide, array, batch_size, device)
+    group = distributed.world()
+    distributed.check_batch(batch_size, group)
+    layout = _probe(model, guide, array, batch_size // group.size, device)
     sites = kl_sites(layout, estimator)
     check_fallback(sites, estimator, strict)
+    if group.size > 1:  # data-parallel: same start everywhere, independent noise per rank
+        distributed.broadcast_params()
+        pyro.set_rng_seed(seed + group.rank)
+        model = distributed.shard_scaled(model, group, layout.data_dim)
+        guide = distributed.shard_scaled(guide, group, layout.data_dim)
 
     elbo = make_elbo(estimator, num_particles, layout.max_plate_nesting)
     beta = LatentScale()
@@ -149,7 +157,8 @@ def fit(
         array = array.to(device)
     rows: list[tuple] = []
     elapsed, running, stopped = 0.0, math.nan, False
-    bar = tqdm(total=num_steps, disable=not progress, desc=f"fit[{estimator}]", unit="step")
+    quiet = not progress or group.rank > 0
+    bar = tqdm(total=num_steps, disable=quiet, desc=f"fit[{estimator}]", unit="step")
     try:
         for step in range(1, num_steps + 1):
             started = time.perf_counter()
@@ -157,9 +166,9 @@ def fit(
             if position == 0:
                 permutation = torch.randperm(n, generator=order)
             index = permutation[position * batch_size : (position + 1) * batch_size]
-            x = take(array, index).to(device, non_blocking=True)
+            x = take(array, distributed.shard(index, group)).to(device, non_blocking=True)
             beta.beta = kl_weight(step, kl_warmup)
-            loss, grads_finite = _svi_step(elbo, optim, model, guide, x)
+            loss, grads_finite = _svi_step(elbo, optim, model, guide, x, group)
             if not (grads_finite and math.isfinite(loss)):
                 raise _numerical_error(step, loss, model, guide, x, rows)
             value = -loss / batch_size
@@ -211,11 +220,17 @@ def _probe(model, guide, array, batch_size: int, device: torch.device) -> PairTr
     return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
 
 
-def _svi_step(elbo, optim, model, guide, x) -> tuple[float, bool]:
-    """One ``SVI.step``: (loss, gradients finite). Nothing is applied unless both are finite."""
+def _svi_step(elbo, optim, model, guide, x, group: distributed.World) -> tuple[float, bool]:
+    """One ``SVI.step``: (loss, gradients finite). Nothing is applied unless both are finite.
+
+    With several processes, gradients and loss are averaged over them first (by name order).
+    """
     with poutine.trace(param_only=True) as capture:
         loss = elbo.loss_and_grads(model, guide, x)
-    params = {site["value"].unconstrained() for site in capture.trace.nodes.values()}
+    nodes = capture.trace.nodes
+    params = [nodes[name]["value"].unconstrained() for name in sorted(nodes)]
+    if group.size > 1:
+        loss = distributed.average_gradients(params, loss)
     grads = [p.grad for p in params if p.grad is not None]
     finite = not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
     if finite and math.isfinite(loss):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
+from ..distributed import init_from_env, launch
 from ..evaluation import evaluate, log_likelihood
 from ..params import save_params
 from ..runs import run_directory, versions, write_json
@@ -43,29 +45,29 @@ def register(commands) -> None:
         help="refuse if the analytic estimator would have to sample some site's KL",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="P",
+        help="data-parallel SVI in P processes on this machine (runs torchrun; the global "
+        "--batch-size is split over them; only rank 0 writes OUT) (default 1)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nproc != 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args.nproc, args.argv)
+    group = init_from_env(args.device)  # under torchrun: join the process group
     inputs = load_inputs(args)
+    if group.rank > 0:  # only rank 0 writes
+        _fit(args, inputs)
+        return 0
     model, guide = inputs.pair
     with run_directory(args.out, args.overwrite) as staging:
         started = time.perf_counter()
-        result = fit(
-            model,
-            guide,
-            inputs.train,
-            estimator=args.estimator,
-            num_steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            num_particles=args.particles,
-            seed=args.seed,
-            device=args.device,
-            kl_warmup=args.kl_warmup,
-            strict=args.strict,
-            progress=not args.no_progress,
-        )
+        result = _fit(args, inputs)
         seconds = time.perf_counter() - started
         metrics = {"train_elbo": result.final_elbo}
         if inputs.test is not None:
@@ -97,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 "lr": args.lr,
                 "particles": args.particles,
                 "kl_warmup": args.kl_warmup,
+                "nproc": group.size,
                 "seconds": seconds,
                 "metrics": metrics,
                 "sites": result.sites.to_dict(orient="records"),
@@ -105,6 +108,25 @@ def run(args: argparse.Namespace) -> int:
         )
     _print_summary(inputs.description, args, result, metrics, seconds)
     return 0
+
+
+def _fit(args: argparse.Namespace, inputs):
+    model, guide = inputs.pair
+    return fit(
+        model,
+        guide,
+        inputs.train,
+        estimator=args.estimator,
+        num_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_particles=args.particles,
+        seed=args.seed,
+        device=args.device,
+        kl_warmup=args.kl_warmup,
+        strict=args.strict,
+        progress=not args.no_progress,
+    )
 
 
 def _print_summary(description, args, result, metrics, seconds) -> None:
