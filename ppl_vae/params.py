@@ -73,9 +73,18 @@ def save_params(path: str | Path) -> None:
 
 def read_params(path: str | Path) -> dict:
     """Read a params file safely (no code runs), checking its format."""
+    return read_tensors(path, FORMAT, "parameter file")
+
+
+def read_tensors(path: str | Path, fmt: str, what: str) -> dict:
+    """Read a ppl_vae file of format ``fmt`` with ``torch.load(weights_only=True)``.
+
+    Only tensors, numbers, strings and containers of them are accepted: a file crafted to run
+    code on load (a pickle with ``__reduce__``) is refused before anything in it runs.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"parameter file {str(path)!r} does not exist")
+        raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
@@ -84,8 +93,8 @@ def read_params(path: str | Path) -> dict:
             f"{str(path)!r} is corrupt, truncated or not a ppl_vae file, and was not loaded "
             f"({first}); use an intact copy"
         ) from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a {FORMAT} file")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise CheckpointError(f"{str(path)!r} is not a {fmt} file; give a ppl_vae {what}")
     return payload
 
 

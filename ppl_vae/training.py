@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import pyro
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from . import params as param_io
+from .checkpoint import Checkpointer, fingerprint
 from .data import as_array, check_support, take, validate_data
 from .errors import NumericalError, PplVaeError
 from .estimators import check_estimator, check_fallback, kl_sites, make_elbo
@@ -91,6 +93,9 @@ def fit(
     strict: bool = False,
     progress: bool = False,
     callback: Callable[[StepInfo], bool | None] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 100,
+    resume: bool = False,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` on ``data`` by SVI, in Pyro's global param store.
 
@@ -109,6 +114,11 @@ def fit(
         strict: raise instead of warning when ``"analytic"`` must sample some site's KL.
         progress: show a tqdm bar with the running ELBO.
         callback: called after every step with a :class:`StepInfo`; returning True stops.
+        checkpoint_dir: save a checkpoint (see ``ppl_vae.checkpoint``) to
+            ``checkpoint_dir/checkpoint.pt`` every ``checkpoint_every`` steps and at the end.
+        resume: continue from the checkpoint in ``checkpoint_dir`` (if there is one yet): the
+            result is bitwise that of the uninterrupted run, ``time_s`` continuing from the
+            checkpoint. A mismatched pair, data or setting is refused, naming what differs.
 
     Parameters already in the param store are trained further; call
     ``pyro.clear_param_store()`` first for a fresh start.
@@ -116,7 +126,10 @@ def fit(
     Raises:
         PplVaeError: a user error (data, pair, estimator), with the fix in its message.
         NumericalError: a non-finite loss or gradient; the parameters keep their last good
-            values and ``error.history`` holds the steps before it.
+            values, ``error.history`` holds the steps before it and the last good checkpoint
+            is kept.
+        CheckpointError: a corrupt or mismatched checkpoint, or ``checkpoint_dir`` holds one
+            and ``resume`` is False.
     """
     check_estimator(estimator)
     _check_positive(num_steps=num_steps, batch_size=batch_size, num_particles=num_particles)
@@ -128,6 +141,9 @@ def fit(
         raise PplVaeError("clip_norm applies to the default optimizer; pass clip_args to optim")
     array = as_array(data)
     validate_data(array, batch_size)
+    saver = None  # refuses a checkpoint_dir that holds a checkpoint unless resuming
+    if checkpoint_dir is not None or resume:
+        saver = Checkpointer(checkpoint_dir, checkpoint_every, resume)
     device = torch.device(device)
     pyro.set_rng_seed(seed)
 
@@ -156,11 +172,19 @@ def fit(
     if isinstance(array, torch.Tensor):
         array = array.to(device)
     rows: list[tuple] = []
-    elapsed, running, stopped = 0.0, math.nan, False
+    elapsed, running, stopped, permutation = 0.0, math.nan, False, None
+    if saver:  # resume: parameters in place, optimizer, RNGs, order, history
+        if group.size > 1:
+            raise PplVaeError("checkpoints need a single process; drop checkpoint_dir or nproc")
+        settings = dict(estimator=estimator, batch_size=batch_size, num_particles=num_particles,
+                        seed=seed, kl_warmup=kl_warmup, lr=lr, clip_norm=clip_norm)
+        where = fingerprint(layout, array, **settings)
+        rows, elapsed, permutation = saver.restore(where, optim, order, num_steps)
     quiet = not progress or group.rank > 0
-    bar = tqdm(total=num_steps, disable=quiet, desc=f"fit[{estimator}]", unit="step")
+    bar = tqdm(total=num_steps, initial=len(rows), disable=quiet, desc=f"fit[{estimator}]",
+               unit="step")
     try:
-        for step in range(1, num_steps + 1):
+        for step in range(len(rows) + 1, num_steps + 1):
             started = time.perf_counter()
             epoch, position = divmod(step - 1, batches_per_epoch)
             if position == 0:
@@ -168,9 +192,14 @@ def fit(
             index = permutation[position * batch_size : (position + 1) * batch_size]
             x = take(array, distributed.shard(index, group)).to(device, non_blocking=True)
             beta.beta = kl_weight(step, kl_warmup)
-            loss, grads_finite = _svi_step(elbo, optim, model, guide, x, group)
+            try:
+                loss, grads_finite = _svi_step(elbo, optim, model, guide, x, group)
+            except PplVaeError:
+                raise
+            except ValueError as e:  # Pyro's validation: a parameter left its support
+                raise _numerical_error(step, math.nan, model, guide, x, rows, saver, e) from e
             if not (grads_finite and math.isfinite(loss)):
-                raise _numerical_error(step, loss, model, guide, x, rows)
+                raise _numerical_error(step, loss, model, guide, x, rows, saver)
             value = -loss / batch_size
             elapsed += time.perf_counter() - started
             rows.append((step, epoch, value, beta.beta, elapsed))
@@ -178,8 +207,12 @@ def fit(
             bar.update()
             if step % 50 == 0 or step == num_steps:
                 bar.set_postfix(elbo=f"{running:.3f}", refresh=False)
-            if callback is not None and callback(StepInfo(step, epoch, value, elapsed, x)):
-                stopped = True
+            info = StepInfo(step, epoch, value, elapsed, x)
+            stopped = callback is not None and bool(callback(info))
+            if saver:
+                final = stopped or step == num_steps
+                saver.step_done(step, rows, elapsed, permutation, optim, order, final)
+            if stopped:
                 break
     finally:
         bar.close()
@@ -232,17 +265,22 @@ def _svi_step(elbo, optim, model, guide, x, group: distributed.World) -> tuple[f
     if group.size > 1:
         loss = distributed.average_gradients(params, loss)
     grads = [p.grad for p in params if p.grad is not None]
-    finite = not grads or bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+    # one host sync: a sum of norms is finite iff every gradient entry is
+    finite = not grads or math.isfinite(float(torch.stack(torch._foreach_norm(grads)).sum()))
     if finite and math.isfinite(loss):
         optim(params)
     pyro.infer.util.zero_grads(params)
     return loss, finite
 
 
-def _numerical_error(step, loss, model, guide, x, rows) -> NumericalError:
-    """Name the step and the sites whose log-density is non-finite on this minibatch."""
+def _numerical_error(step, loss, model, guide, x, rows, saver, invalid=None) -> NumericalError:
+    """Name the step and the sites whose log-density is non-finite on this minibatch.
+
+    ``invalid`` is the ``ValueError`` of Pyro's validation when a distribution was given an
+    invalid parameter; the sites are then found by running the pair without validation.
+    """
     bad_sites = []
-    with torch.no_grad():
+    with torch.no_grad(), pyro.validation_enabled(False):
         try:
             traces = run_pair(model, guide, x)
             for trace in (traces.guide, traces.model):
@@ -259,11 +297,14 @@ def _numerical_error(step, loss, model, guide, x, rows) -> NumericalError:
         if bad_sites
         else ("the log-densities are finite now, so a gradient overflowed")
     )
-    what = "loss" if not math.isfinite(loss) else "gradient"
+    problem = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'}"
+    if invalid is not None:
+        problem = f"a distribution's parameter is invalid ({str(invalid).strip().splitlines()[0]})"
+    kept = f"; {saver.kept()}" if saver else ""
     return NumericalError(
-        f"training stopped at step {step}: non-finite {what} ({where}); the parameters keep "
-        "their values from the last good step; try a lower lr, clip_norm=10.0, or rescaling "
-        "the data",
+        f"training stopped at step {step}: {problem} ({where}); the parameters keep "
+        f"their values from the last good step{kept}; try a lower lr, clip_norm=10.0, or "
+        "rescaling the data",
         history=_history(rows),
     )
 

@@ -1,0 +1,228 @@
+"""Checkpoints of a running :func:`~ppl_vae.fit`, and exact resume from them.
+
+A checkpoint is everything the next step depends on, so that a run killed at any step and
+resumed ends bitwise equal (on CPU) to the run that was never interrupted:
+
+- the Pyro param store (unconstrained values, constraints *by name*: :mod:`ppl_vae.params`);
+- the optimizer state (``PyroOptim.get_state()``: Adam's moments and step counts);
+- the RNG states of torch (and CUDA), numpy and Python, and of the minibatch-order generator,
+  with the current epoch's permutation of the rows;
+- the step counter (epoch and β follow from it) and the history rows so far;
+- a fingerprint of the run: parameter names and shapes, latent and observed sites with their
+  distributions, data shape and a digest of its first rows, estimator and settings.
+
+The file ``DIR/checkpoint.pt`` is written atomically (:func:`ppl_vae.files.atomic_write`:
+temporary file in ``DIR``, fsync, rename), so the previous good checkpoint stays in place until
+the new one is complete. It holds tensors, numbers and strings only and is read with
+``torch.load(weights_only=True)``: loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import numpy as np
+import pyro
+import torch
+
+from . import params as param_io
+from .data import Array, take
+from .errors import CheckpointError
+from .estimators import dist_name
+from .files import atomic_write
+from .traces import PairTraces, is_latent, is_observed
+
+FORMAT = "ppl_vae.checkpoint/1"
+FILENAME = "checkpoint.pt"
+_DIGEST_ROWS = 256
+_KEYS = (
+    "format",
+    "step",
+    "params",
+    "optimizer",
+    "rng",
+    "order",
+    "permutation",
+    "rows",
+    "elapsed",
+    "fingerprint",
+)
+
+
+def fingerprint(layout: PairTraces, data: Array, **settings) -> dict:
+    """What a checkpoint must agree with to be resumed: pair, data and ``settings``.
+
+    The pair is identified by its parameters (names, shapes) and its sample sites (model and
+    guide, with their distribution types); the data by its shape and a SHA-256 of its first
+    rows; ``settings`` (estimator, batch size, seed, ...) are compared as given.
+    """
+    store = pyro.get_param_store()
+    sites = {
+        f"{role}:{name}": dist_name(site["fn"])
+        for role, trace in (("model", layout.model), ("guide", layout.guide))
+        for name, site in trace.nodes.items()
+        if is_latent(site) or is_observed(site)
+    }
+    head = take(data, torch.arange(min(_DIGEST_ROWS, data.shape[0]))).contiguous()
+    return {
+        "params": {name: list(p.shape) for name, p in store.named_parameters()},
+        "sites": sites,
+        "data_shape": list(data.shape),
+        "data_digest": hashlib.sha256(head.numpy().tobytes()).hexdigest(),
+        **settings,
+    }
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """Human-readable differences between two fingerprints (empty when they agree)."""
+    found = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            parts = [
+                f"{label} {names}"
+                for label, names in (
+                    ("only in the checkpoint:", sorted(set(old) - set(new))),
+                    ("only now:", sorted(set(new) - set(old))),
+                    ("changed:", sorted(k for k in set(old) & set(new) if old[k] != new[k])),
+                )
+                if names
+            ]
+            found.append(f"{key} ({'; '.join(parts)})")
+        elif key == "data_digest":
+            found.append("data (same shape, different values)")
+        else:
+            found.append(f"{key} ({old!r} in the checkpoint, {new!r} now)")
+    return found
+
+
+def rng_state() -> dict:
+    """torch (CPU and CUDA), numpy and Python RNG states as tensors, numbers and tuples."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 (Pyro seeds it)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["position"], n["has_gauss"], n["gauss"]))  # noqa: NPY002
+    random.setstate(state["python"])
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Read a checkpoint safely (tensors only, no code runs) and check that it is complete."""
+    payload = param_io.read_tensors(path, FORMAT, "checkpoint")
+    missing = [key for key in _KEYS if key not in payload]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} lacks {missing} and was not loaded; it was not written by "
+            "this version of ppl_vae; start a new run in another checkpoint_dir"
+        )
+    return payload
+
+
+class Checkpointer:
+    """Writes ``DIR/checkpoint.pt`` every ``every`` steps and restores a run from it.
+
+    A directory that already holds a checkpoint is only ever resumed (``resume=True``), never
+    overwritten by a fresh run.
+    """
+
+    def __init__(self, directory: str | Path | None, every: int, resume: bool):
+        if directory is None:
+            raise CheckpointError("resume=True needs the checkpoint_dir to resume from")
+        if int(every) != every or every < 1:
+            raise CheckpointError(f"checkpoint_every must be a positive integer, not {every!r}")
+        self.directory = Path(directory)
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(
+                f"checkpoint_dir {str(self.directory)!r} is a file; give a directory"
+            )
+        self.path = self.directory / FILENAME
+        self.every = int(every)
+        self.resume = resume
+        self.saved_step: int | None = None
+        self.fingerprint: dict = {}
+        if self.path.exists() and not resume:
+            raise CheckpointError(
+                f"{str(self.path)!r} holds a checkpoint of an earlier run; pass resume=True "
+                "(--resume) to continue it, or choose another checkpoint_dir"
+            )
+
+    def restore(self, fingerprint: dict, optim, order: torch.Generator, num_steps: int):
+        """Load the checkpoint into the live run: ``(rows, elapsed, permutation)``.
+
+        Returns ``([], 0.0, None)`` when there is no checkpoint yet (a fresh start). Parameters
+        are restored in place, so modules registered with ``pyro.module`` stay linked.
+        """
+        self.fingerprint = fingerprint
+        if not (self.resume and self.path.exists()):
+            return [], 0.0, None
+        payload = read_checkpoint(self.path)
+        differ = differences(payload["fingerprint"], fingerprint)
+        if differ:
+            raise CheckpointError(
+                f"cannot resume from {str(self.path)!r}: it was made with a different "
+                f"{', '.join(differ)}; resume with the pair, data and settings it was made "
+                "with, or choose another checkpoint_dir"
+            )
+        if payload["step"] > num_steps:
+            raise CheckpointError(
+                f"{str(self.path)!r} is at step {payload['step']} but num_steps={num_steps}; "
+                f"give num_steps >= {payload['step']}"
+            )
+        param_io.restore(payload["params"]["params"], payload["params"]["constraints"])
+        optim.set_state(payload["optimizer"])
+        set_rng_state(payload["rng"])
+        order.set_state(payload["order"])
+        self.saved_step = payload["step"]
+        return [tuple(row) for row in payload["rows"]], payload["elapsed"], payload["permutation"]
+
+    def step_done(self, step, rows, elapsed, permutation, optim, order, final: bool) -> None:
+        """Save after ``step`` when it is a multiple of ``every`` or the last one."""
+        if not (final or step % self.every == 0):
+            return
+        payload = {
+            "format": FORMAT,
+            "step": step,
+            "params": param_io.state(),
+            "optimizer": optim.get_state(),
+            "rng": rng_state(),
+            "order": order.get_state(),
+            "permutation": permutation,
+            "rows": list(rows),
+            "elapsed": elapsed,
+            "fingerprint": self.fingerprint,
+        }
+        try:
+            atomic_write(self.path, lambda f: torch.save(payload, f))
+        except OSError as e:
+            raise CheckpointError(
+                f"writing the checkpoint of step {step} to {str(self.path)!r} failed ({e}); "
+                f"{self.kept()}; free disk space or choose another checkpoint_dir"
+            ) from e
+        self.saved_step = step
+
+    def kept(self) -> str:
+        """Where the last good checkpoint is, for error messages."""
+        if self.saved_step is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint (step {self.saved_step}) is kept in {str(self.path)!r}"
