@@ -2,11 +2,15 @@
 
 Data is a matrix-like array whose first dimension indexes datapoints (the model's data plate).
 In-memory data becomes one float32 tensor; a ``.npy`` file is opened memory-mapped and
-minibatches are read by index, so data larger than memory can be trained on.
+minibatches are read by index, so data larger than memory can be trained on: validation reads
+it in chunks of about 4 MiB, and the pages of a read-only mapping that a read touched are
+dropped from the process's resident set afterwards (they stay in the OS page cache), so peak
+memory does not grow with the file (see docs/performance.md).
 """
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +20,7 @@ import torch
 from .errors import DataError
 
 Array = torch.Tensor | np.ndarray
-_CHUNK_ROWS = 65536
+_CHUNK_BYTES = 4 * 2**20
 
 
 def load_data(
@@ -170,7 +174,21 @@ def take(data: Array, index: torch.Tensor) -> torch.Tensor:
     """Rows ``index`` of ``data`` as a float32 tensor (memory-mapped arrays read by index)."""
     if isinstance(data, torch.Tensor):
         return data.index_select(0, index.to(data.device))
-    return torch.as_tensor(np.asarray(data[index.numpy()], dtype=np.float32))
+    rows = torch.as_tensor(np.asarray(data[index.numpy()], dtype=np.float32))
+    _release(data)
+    return rows
+
+
+def _release(data: Array) -> None:
+    """Drop a read-only memory map's touched pages from this process's resident set.
+
+    ``MADV_DONTNEED`` on a shared read-only file mapping only unmaps pages: the file's data
+    stays in the page cache and is faulted back in when read again. Copy-on-write (``"c"``)
+    and writable maps are left alone, as dropping their pages could lose changes.
+    """
+    mapping = getattr(data, "_mmap", None)  # numpy.memmap's mmap.mmap (None when in memory)
+    if mapping is not None and getattr(data, "mode", None) == "r":
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def check_support(data: Array, name: str, support, device: torch.device) -> None:
@@ -187,8 +205,11 @@ def check_support(data: Array, name: str, support, device: torch.device) -> None
 
 def _first_violation(data: Array, predicate) -> tuple[int, int, float] | None:
     """(row, column, value) of the first entry where ``predicate`` is False, read in chunks."""
-    for start in range(0, data.shape[0], _CHUNK_ROWS):
-        chunk = as_tensor(np.asarray(data[start : start + _CHUNK_ROWS]))
+    row_bytes = 4 * max(1, int(np.prod(data.shape[1:])))
+    step = max(1, _CHUNK_BYTES // row_bytes)
+    for start in range(0, data.shape[0], step):
+        chunk = as_tensor(np.asarray(data[start : start + step]))
+        _release(data)
         ok = predicate(chunk).cpu()
         if not bool(ok.all()):
             flat = chunk.reshape(chunk.shape[0], -1)

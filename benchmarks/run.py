@@ -1,0 +1,165 @@
+"""``make bench`` = ``python -m benchmarks.run [--full] [--only SECTION ...]``.
+
+Sections (each writes ``benchmarks/results/SECTION.csv``; all print markdown tables, also
+written to ``benchmarks/results/tables.md``):
+
+- ``steps``: training steps/s of hand-written PyTorch, bare Pyro (eager and JIT) and
+  ``ppl_vae.fit``, both estimators, digits-size and MNIST-size models, interleaved repeats,
+  ratios with min/median/max (``steps.csv``, ``steps_ratios.csv``) and peak RSS per
+  contender in a fresh process (``memory.csv``);
+- ``vectorized``: ``log_likelihood`` (K = 1000, digits test split) and the gradient draws of
+  the gradient-variance measurement against naive per-sample loops;
+- ``memmap``: training on a memory-mapped 4 GiB ``.npy`` file, peak RSS by ``/usr/bin/time -v``
+  (the file is written to a temporary directory and deleted);
+- ``dataparallel``: 1 against 2 processes under torchrun (gloo), MNIST-size model.
+
+The quick default takes a few minutes on 2 cores; ``--full`` runs more steps and repeats.
+Every process runs PyTorch on one thread (``torch.set_num_threads(1)``) so that timings do
+not depend on how many cores other work leaves free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import dataparallel, memmap, steps, vectorized
+
+RESULTS = Path(__file__).parent / "results"
+SECTIONS = ("steps", "vectorized", "memmap", "dataparallel")
+
+QUICK = {
+    "steps": {"digits": 300, "mnist": 100, "repeats": 3, "memory_steps": 50},
+    "vectorized": {"repeats": 3},
+    "memmap": {"gigabytes": 4.0, "steps": 200},
+    "dataparallel": {"steps": 100, "repeats": 3},
+}
+FULL = {
+    "steps": {"digits": 1000, "mnist": 300, "repeats": 5, "memory_steps": 200},
+    "vectorized": {"repeats": 5},
+    "memmap": {"gigabytes": 4.0, "steps": 1000},
+    "dataparallel": {"steps": 300, "repeats": 5},
+}
+
+
+def machine() -> str:
+    """CPU model, cores, load average, and versions, in one line."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    import pyro
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, load average {load} at the start; "
+        f"Python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}; "
+        f"torch threads per process: 1; CUDA: {'yes' if torch.cuda.is_available() else 'none'}"
+    )
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A pipe table; floats to 3 significant digits."""
+
+    def cell(value) -> str:
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
+    lines.append("|" + "---|" * len(frame.columns))
+    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def run_steps(settings: dict) -> dict[str, pd.DataFrame]:
+    timings = []
+    for config in steps.CONFIGS:
+        n = settings["digits" if config.x_dim == 64 else "mnist"]
+        for estimator in ("sampled", "analytic"):
+            print(f"steps: {config.name}, {estimator}, {n} steps", file=sys.stderr)
+            timings.append(steps.measure(config, estimator, n, settings["repeats"]))
+    timings = pd.concat(timings, ignore_index=True)
+    return {
+        "steps": timings,
+        "steps_ratios": steps.ratios(timings),
+        "memory": memory(settings["memory_steps"]),
+    }
+
+
+def memory(n: int) -> pd.DataFrame:
+    """Peak RSS of a fresh process per contender (``none``: imports and data only)."""
+    rows = []
+    for index, config in enumerate(steps.CONFIGS):
+        for estimator in ("sampled", "analytic"):
+            for name in ("none", *steps.CONTENDERS):
+                command = [sys.executable, "-m", "benchmarks.steps", str(index), estimator, name]
+                done = subprocess.run(
+                    [*command, str(n)], capture_output=True, text=True, check=True
+                )
+                peak = float(done.stdout.strip().splitlines()[-1])
+                rows.append((config.name, estimator, name, n, peak))
+    frame = pd.DataFrame(rows, columns=["model", "estimator", "contender", "steps", "peak_mib"])
+    keys = ["model", "estimator"]
+    baseline = frame[frame["contender"] == "none"].set_index(keys)["peak_mib"]
+    frame["above_baseline_mib"] = frame["peak_mib"] - frame.set_index(keys).index.map(baseline)
+    return frame
+
+
+def run_vectorized(settings: dict) -> dict[str, pd.DataFrame]:
+    timings = vectorized.measure(settings["repeats"])
+    return {"vectorized": timings, "vectorized_speedups": vectorized.speedups(timings)}
+
+
+def run_memmap(settings: dict) -> dict[str, pd.DataFrame]:
+    return {"memmap": memmap.measure(settings["gigabytes"], settings["steps"])}
+
+
+def run_dataparallel(settings: dict) -> dict[str, pd.DataFrame]:
+    runs = dataparallel.measure(settings["steps"], settings["repeats"])
+    return {"dataparallel": runs, "dataparallel_efficiency": dataparallel.efficiency(runs)}
+
+
+RUNNERS = {
+    "steps": run_steps,
+    "vectorized": run_vectorized,
+    "memmap": run_memmap,
+    "dataparallel": run_dataparallel,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="more steps and repeats")
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    settings = FULL if args.full else QUICK
+    command = "python -m benchmarks.run" + (" --full" if args.full else "")
+    if args.only != list(SECTIONS):
+        command += " --only " + " ".join(args.only)
+    RESULTS.mkdir(exist_ok=True)
+    lines = [f"`{command}` on {machine()}", ""]
+    for section in args.only:
+        print(f"== {section}", file=sys.stderr)
+        for name, frame in RUNNERS[section](settings[section]).items():
+            frame.to_csv(RESULTS / f"{name}.csv", index=False)
+            lines += [f"### {name}", "", markdown(frame), ""]
+    text = "\n".join(lines)
+    (RESULTS / "tables.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
