@@ -48,7 +48,7 @@ def add_pair_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
-    """--steps, --seed, --batch-size, --lr, --particles, --kl-warmup, --device."""
+    """--steps, --seed, --batch-size, --lr, --particles, --kl-warmup, --device, --clip-norm."""
     parser.add_argument("--steps", type=int, default=steps, help=f"SVI steps (default {steps})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=128, help="minibatch rows (128)")
@@ -64,6 +64,13 @@ def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
         help="anneal the KL weight linearly from 1/W to 1 over W steps (default 0: off)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--clip-norm",
+        type=float,
+        metavar="C",
+        help="clip each parameter's gradient norm at C, a remedy for non-finite gradients "
+        "(default: no clipping)",
+    )
 
 
 def add_estimator_option(parser: argparse.ArgumentParser) -> None:

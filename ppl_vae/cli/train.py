@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from ..distributed import init_from_env, launch
+from ..errors import CheckpointError
 from ..evaluation import evaluate, log_likelihood
 from ..params import save_params
 from ..runs import run_directory, versions, write_json
@@ -45,6 +46,7 @@ def register(commands) -> None:
         help="refuse if the analytic estimator would have to sample some site's KL",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_checkpoint_options(parser)
     parser.add_argument(
         "--nproc",
         type=int,
@@ -59,6 +61,7 @@ def register(commands) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.nproc != 1 and "WORLD_SIZE" not in os.environ:
         return launch(args.nproc, args.argv)
+    _checkpoint_settings(args)  # refuse bad checkpoint flags before loading anything
     group = init_from_env(args.device)  # under torchrun: join the process group
     inputs = load_inputs(args)
     if group.rank > 0:  # only rank 0 writes
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
                 "lr": args.lr,
                 "particles": args.particles,
                 "kl_warmup": args.kl_warmup,
+                "clip_norm": args.clip_norm,
+                "checkpoint_dir": args.checkpoint_dir,
                 "nproc": group.size,
                 "seconds": seconds,
                 "metrics": metrics,
@@ -108,6 +113,49 @@ def run(args: argparse.Namespace) -> int:
         )
     _print_summary(inputs.description, args, result, metrics, seconds)
     return 0
+
+
+def _add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--checkpoint-dir",
+        metavar="DIR",
+        help="write DIR/checkpoint.pt every --checkpoint-every steps and at the end, outside "
+        "OUT so that a killed run keeps it (e.g. OUT.checkpoints) (default: no checkpoints)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="steps between checkpoints (default 100; needs --checkpoint-dir)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from DIR/checkpoint.pt of --checkpoint-dir (a fresh start if there is "
+        "none yet); the result is that of the uninterrupted run",
+    )
+
+
+def _checkpoint_settings(args: argparse.Namespace) -> dict:
+    """fit's checkpoint arguments; the directory must lie outside OUT, which is replaced whole."""
+    if args.checkpoint_dir is None:
+        if args.resume or args.checkpoint_every is not None:
+            flag = "--resume" if args.resume else "--checkpoint-every"
+            raise CheckpointError(
+                f"{flag} needs --checkpoint-dir DIR, the directory the checkpoints are in"
+            )
+        return {}
+    directory, out = Path(args.checkpoint_dir).resolve(), Path(args.out).resolve()
+    if directory == out or out in directory.parents:
+        raise CheckpointError(
+            f"--checkpoint-dir {args.checkpoint_dir!r} is inside --out {args.out!r}, which is "
+            "written whole at the end; choose a directory outside it, e.g. OUT.checkpoints"
+        )
+    return {
+        "checkpoint_dir": directory,
+        "checkpoint_every": 100 if args.checkpoint_every is None else args.checkpoint_every,
+        "resume": args.resume,
+    }
 
 
 def _fit(args: argparse.Namespace, inputs):
@@ -124,8 +172,10 @@ def _fit(args: argparse.Namespace, inputs):
         seed=args.seed,
         device=args.device,
         kl_warmup=args.kl_warmup,
+        clip_norm=args.clip_norm,
         strict=args.strict,
         progress=not args.no_progress,
+        **_checkpoint_settings(args),
     )
 
 
