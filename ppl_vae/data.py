@@ -150,7 +150,7 @@ def validate_data(data: Array, batch_size: int | None = None) -> None:
     if bad is not None:
         row, col, value = bad
         raise DataError(
-            f"data has a non-finite value ({value}) at row {row}, column {col}; drop or "
+            f"data has a non-finite value ({value}) at row {row}, column {col} (from 0); drop or "
             "impute non-finite entries before training"
         )
 
@@ -197,7 +197,7 @@ def check_support(data: Array, name: str, support, device: torch.device) -> None
     if bad is not None:
         row, col, value = bad
         raise DataError(
-            f"data value {value} at row {row}, column {col} is outside the support of the "
+            f"data value {value} at row {row}, column {col} (from 0) is outside the support of the "
             f"observed site {name!r} ({support}); rescale the data (e.g. binarize for a "
             "Bernoulli likelihood) or choose a pair whose likelihood fits it"
         )

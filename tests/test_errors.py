@@ -1,0 +1,265 @@
+"""The bad-input catalogue (docs/reliability.md), table-driven: every case through the Python
+API (an error of the ppl_vae family, with the message) and through ``ppl-vae train`` (one line
+on stderr, status 2, no traceback), and in both nothing written earlier is touched."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyro
+import pytest
+import torch
+
+import ppl_vae
+from models import bernoulli_vae, linear_gaussian
+from ppl_vae.checkpoint import FILENAME
+from ppl_vae.cli import main
+from ppl_vae.runs import run_directory
+
+_GUIDE_MISSES_Z = """
+from models import linear_gaussian
+from ppl_vae import ModelGuidePair
+
+def make_pair(x_dim):
+    model, _ = linear_gaussian.make_pair(x_dim=x_dim)
+    return ModelGuidePair(model, lambda x: None, name="no_z")
+"""
+_GUIDE_ADDS_W = """
+import pyro, pyro.distributions as dist
+from models import linear_gaussian
+from ppl_vae import ModelGuidePair
+
+def make_pair(x_dim):
+    model, guide = linear_gaussian.make_pair(x_dim=x_dim)
+    def guide_with_w(x):
+        guide(x)
+        pyro.sample("w", dist.Normal(x.new_zeros(()), 1.0))
+    return ModelGuidePair(model, guide_with_w, name="extra_w")
+"""
+_FIXED_WIDTH = """
+from models import linear_gaussian
+
+def make_pair():
+    return linear_gaussian.make_pair(x_dim=64)
+"""
+
+
+def _rows(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(40, 5)).astype(np.float32)
+
+
+def _csv(tmp: Path, rows, name: str = "x.csv") -> Path:
+    frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows, columns=list("abcde"))
+    frame.to_csv(tmp / name, index=False)
+    return tmp / name
+
+
+def _with(value: float, row: int, col: int) -> np.ndarray:
+    rows = _rows()
+    rows[row, col] = value
+    return rows
+
+
+def _file(tmp: Path, name: str, text: str | bytes) -> Path:
+    path = tmp / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return path
+
+
+def _truncated_npy(tmp: Path) -> Path:
+    path = tmp / "x.npy"
+    np.save(path, _rows())
+    path.write_bytes(path.read_bytes()[:500])
+    return path
+
+
+def _fit(data, pair=None, **kwargs):
+    model, guide = pair if pair is not None else linear_gaussian.make_pair(x_dim=5)
+    settings = dict(num_steps=2, batch_size=8, seed=0) | kwargs
+    return ppl_vae.fit(model, guide, data, **settings)
+
+
+def _corrupt_checkpoint(tmp: Path) -> Path:
+    directory = tmp / "ck"
+    _fit(torch.from_numpy(_rows()), checkpoint_dir=directory)
+    path = directory / FILENAME
+    path.write_bytes(path.read_bytes()[:-300])
+    return directory
+
+
+def _load_pair_file(tmp: Path, name: str, text: str):
+    return ppl_vae.load_pair(str(_file(tmp, name, text)), x_dim=5)
+
+
+@dataclass(frozen=True)
+class Case:
+    """``api(tmp)`` makes the failing Python call; ``cli(tmp)`` gives the failing arguments of
+    ``ppl-vae train`` (model, data and extra flags); both must fail with ``message``."""
+
+    id: str
+    error: type[ppl_vae.PplVaeError]
+    message: str
+    api: Callable[[Path], object]
+    cli: Callable[[Path], list[str]]
+    cli_message: str | None = None
+
+
+def _model(spec) -> list[str]:
+    return ["--model", str(spec)]
+
+
+def _data(path) -> list[str]:
+    return ["--data", str(path)]
+
+
+LG = "models/linear_gaussian.py"
+CASES = [
+    Case("nan", ppl_vae.DataError,
+         r"non-finite value \(nan\) at row 3, column 2 \(from 0\); drop or impute",
+         lambda t: _fit(torch.from_numpy(_with(np.nan, 3, 2))),
+         lambda t: _model(LG) + _data(_csv(t, _with(np.nan, 3, 2))) ),
+    Case("inf", ppl_vae.DataError, r"non-finite value \(-inf\) at row 7, column 0",
+         lambda t: _fit(_with(-np.inf, 7, 0)),
+         lambda t: _model(LG) + _data(_csv(t, _with(-np.inf, 7, 0)))),
+    Case("nan_in_memory_mapped_npy", ppl_vae.DataError, r"\(nan\) at row 39, column 4",
+         lambda t: (np.save(t / "n.npy", _with(np.nan, 39, 4)),
+                    _fit(ppl_vae.load_data(t / "n.npy"))),
+         lambda t: (np.save(t / "n.npy", _with(np.nan, 39, 4)),
+                    _model(LG) + _data(t / "n.npy"))[1]),
+    Case("non_numeric_column", ppl_vae.DataError,
+         r"column\(s\) \['label'\] are not numeric; drop them or encode them",
+         lambda t: _fit(pd.DataFrame(_rows()).assign(label="cat")),
+         lambda t: _model(LG) + _data(_csv(t, pd.DataFrame(_rows()).assign(label="cat")))),
+    Case("empty_file", ppl_vae.DataError, r"data file '.*x.csv' is empty",
+         lambda t: ppl_vae.load_data(_file(t, "x.csv", "")),
+         lambda t: _model(LG) + _data(_file(t, "x.csv", ""))),
+    Case("header_only_csv", ppl_vae.DataError, r"DataFrame is empty \(shape \(0, 5\)\)",
+         lambda t: ppl_vae.load_data(_file(t, "x.csv", "a,b,c,d,e\n")),
+         lambda t: _model(LG) + _data(_file(t, "x.csv", "a,b,c,d,e\n"))),
+    Case("wrong_width", ppl_vae.PairError,
+         r"minibatch of shape \(8, 5\) failed .*check that the data's width",
+         lambda t: _fit(_rows(), linear_gaussian.make_pair(x_dim=64)),
+         lambda t: _model(_file(t, "fixed.py", _FIXED_WIDTH)) + _data(_csv(t, _rows())),
+         cli_message="the data has 5 columns but pair 'linear_gaussian' was built for 64"),
+    Case("outside_support", ppl_vae.DataError,
+         r"outside the support of the observed site 'x' .*binarize",
+         lambda t: _fit(_rows(), bernoulli_vae.make_pair(x_dim=5, hidden=8)),
+         lambda t: _model("models/bernoulli_vae.py") + _data(_csv(t, _rows()))),
+    Case("batch_larger_than_data", ppl_vae.DataError,
+         r"batch_size=100 but the data has 40 rows; choose a batch size between 1 and 40",
+         lambda t: _fit(_rows(), batch_size=100),
+         lambda t: _model(LG) + _data(_csv(t, _rows())) + ["--batch-size", "100"]),
+    Case("truncated_memory_mapped_npy", ppl_vae.DataError,
+         r"cannot memory-map .*x.npy.*truncated or not a .npy array",
+         lambda t: ppl_vae.load_data(_truncated_npy(t)),
+         lambda t: _model(LG) + _data(_truncated_npy(t))),
+    Case("model_file_missing", ppl_vae.PairError, r"model file '.*nope.py' does not exist",
+         lambda t: ppl_vae.load_pair(str(t / "nope.py")),
+         lambda t: _model(t / "nope.py") + _data(_csv(t, _rows()))),
+    Case("model_file_defines_no_pair", ppl_vae.PairError,
+         r"defines no 'make_pair': a pair file must define make_pair",
+         lambda t: _load_pair_file(t, "empty.py", "x = 1\n"),
+         lambda t: _model(_file(t, "empty.py", "x = 1\n")) + _data(_csv(t, _rows()))),
+    Case("guide_misses_a_latent", ppl_vae.PairError,
+         r"guide does not sample latent site\(s\) \['z'\] that the model has",
+         lambda t: _fit(_rows(), _load_pair_file(t, "no_z.py", _GUIDE_MISSES_Z)),
+         lambda t: _model(_file(t, "no_z.py", _GUIDE_MISSES_Z)) + _data(_csv(t, _rows()))),
+    Case("guide_samples_a_site_the_model_lacks", ppl_vae.PairError,
+         r"guide samples site\(s\) \['w'\] that the model lacks",
+         lambda t: _fit(_rows(), _load_pair_file(t, "extra.py", _GUIDE_ADDS_W)),
+         lambda t: _model(_file(t, "extra.py", _GUIDE_ADDS_W)) + _data(_csv(t, _rows()))),
+    Case("unknown_estimator", ppl_vae.EstimatorError,
+         r"unknown estimator 'both'; choose one of \['analytic', ",
+         lambda t: _fit(_rows(), estimator="both"),
+         lambda t: _model(LG) + _data(_csv(t, _rows())) + ["--estimator", "both"],
+         cli_message="argument --estimator: invalid choice: 'both'"),
+    Case("truncated_checkpoint", ppl_vae.CheckpointError,
+         r"checkpoint.pt' is corrupt, truncated or not a ppl_vae file, and was not loaded",
+         lambda t: _fit(_rows(), checkpoint_dir=_corrupt_checkpoint(t), resume=True),
+         lambda t: _model(LG) + _data(_csv(t, _rows()))
+         + ["--resume", "--checkpoint-dir", str(_corrupt_checkpoint(t))]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_python_api(tmp_path, case):
+    """The error class and message; a parameter the user had in the store is untouched."""
+    earlier = pyro.param("earlier", torch.arange(3.0)).detach().clone()
+    with pytest.raises(case.error, match=case.message):
+        case.api(tmp_path)
+    assert torch.equal(pyro.param("earlier").detach(), earlier)
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory) -> Path:
+    """A complete run directory made by ppl-vae train, for the failing runs to --overwrite."""
+    out = tmp_path_factory.mktemp("earlier") / "run"
+    csv = _csv(out.parent, _rows())
+    argv = ["train", *_model(LG), *_data(csv), "--steps", "2", "--batch-size", "8"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    csv.unlink()
+    return out
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in directory.rglob("*")
+            if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_command_line(tmp_path, capsys, earlier_run, case):
+    """One line on stderr, status 2; the earlier run given with --overwrite is byte for byte
+    what it was, nothing else appears beside it, and inputs (a checkpoint) stay as they were."""
+    work = tmp_path / "inputs"
+    work.mkdir()
+    argv = case.cli(work)
+    inputs, before = _snapshot(work), _snapshot(earlier_run)
+    try:
+        code = main(["train", "--batch-size", "8", *argv, "--steps", "2", "--out",
+                     str(earlier_run), "--overwrite", "--no-progress"])  # fmt: skip
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(case.cli_message or case.message, err), err
+    assert _snapshot(earlier_run) == before
+    assert [p.name for p in earlier_run.parent.iterdir() if p.is_dir()] == ["run"]
+    assert _snapshot(work) == inputs
+
+
+def test_an_existing_run_is_refused_without_overwrite(tmp_path, capsys, earlier_run):
+    """Python (run_directory) and CLI: refused before anything is written."""
+    before = _snapshot(earlier_run)
+    with pytest.raises(ppl_vae.OutputError, match="already holds a run; choose another --out or "
+                       "pass --overwrite"):  # fmt: skip
+        with run_directory(earlier_run):
+            pass
+    csv = _csv(tmp_path, _rows())
+    code = main(["train", *_model(LG), *_data(csv), "--steps", "2", "--batch-size", "8",
+                 "--out", str(earlier_run), "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "already holds a run" in err
+    assert _snapshot(earlier_run) == before
+    assert [p.name for p in earlier_run.parent.iterdir() if p.is_dir()] == ["run"]
+
+
+def test_a_failure_after_training_keeps_the_earlier_run(tmp_path, monkeypatch, earlier_run):
+    """Even a failure at the very end (writing the summary) leaves the earlier run whole."""
+    import ppl_vae.cli.train as train_cli
+
+    def disk_full(*args, **kwargs):
+        raise ppl_vae.OutputError("the disk is full")
+
+    monkeypatch.setattr(train_cli, "write_json", disk_full)
+    before = _snapshot(earlier_run)
+    csv = _csv(tmp_path, _rows())
+    code = main(["train", *_model(LG), *_data(csv), "--steps", "2", "--batch-size", "8",
+                 "--out", str(earlier_run), "--overwrite", "--no-progress"])  # fmt: skip
+    assert code == 2
+    assert _snapshot(earlier_run) == before
