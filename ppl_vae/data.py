@@ -114,8 +114,7 @@ def as_tensor(data) -> torch.Tensor:
             raise DataError(f"column(s) {bad} are not numeric; drop them or encode them as numbers")
         data = data.to_numpy(dtype=np.float32)
     if isinstance(data, np.ndarray):
-        dtype = data.dtype
-        if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        if not _is_real(data.dtype):
             raise DataError(f"data array has dtype {data.dtype}; give real numbers")
         array = np.asarray(data, dtype=np.float32)
         return torch.from_numpy(array if array.flags.writeable else array.copy())
@@ -128,11 +127,18 @@ def as_tensor(data) -> torch.Tensor:
 _INT_TORCH = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
 
 
+def _is_real(dtype: np.dtype) -> bool:
+    """Integers, floats and booleans (as torch and pandas take them), not complex or text."""
+    return dtype == np.bool_ or (
+        np.issubdtype(dtype, np.number) and not np.issubdtype(dtype, np.complexfloating)
+    )
+
+
 def as_array(data) -> Array:
     """Data as a tensor, keeping memory-mapped numpy arrays as they are (read by index)."""
     if isinstance(data, np.memmap):
-        if not np.issubdtype(data.dtype, np.number):
-            raise DataError(f"memory-mapped data has dtype {data.dtype}; give numbers")
+        if not _is_real(data.dtype):
+            raise DataError(f"memory-mapped data has dtype {data.dtype}; give real numbers")
         return data
     return as_tensor(data)
 
