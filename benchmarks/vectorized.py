@@ -18,7 +18,6 @@ import math
 import time
 
 import pandas as pd
-import pyro
 import torch
 from pyro import poutine
 
@@ -51,17 +50,21 @@ def row_log_weight(model_trace, guide_trace) -> torch.Tensor:
     return sum(s["log_prob"] for s in model_sites) - sum(s["log_prob"] for s in guide_sites)
 
 
-def naive_gradient_draws(model, guide, x: torch.Tensor, estimator: str, num_draws: int) -> list:
-    """``num_draws`` gradients of the one-particle minibatch loss by Pyro's own ELBO."""
+def naive_gradient_draws(
+    model, guide, x: torch.Tensor, estimator: str, num_draws: int
+) -> dict[str, torch.Tensor]:
+    """Per parameter name, ``num_draws`` gradients of the one-particle minibatch loss, each by
+    one ``loss_and_grads`` of Pyro's own ELBO; shape ``(num_draws, *param.shape)``."""
     elbo = ppl_vae.ESTIMATORS[estimator]()
-    draws = []
+    draws: dict[str, list[torch.Tensor]] = {}
     for _ in range(num_draws):
         with poutine.trace(param_only=True) as capture:
             elbo.loss_and_grads(model, guide, x)
-        params = [site["value"].unconstrained() for site in capture.trace.nodes.values()]
-        draws.append([p.grad.clone() for p in params])
-        pyro.infer.util.zero_grads(params)
-    return draws
+        for name, site in capture.trace.nodes.items():
+            param = site["value"].unconstrained()
+            draws.setdefault(name, []).append(param.grad.clone())
+            param.grad = None
+    return {name: torch.stack(grads) for name, grads in draws.items()}
 
 
 def measure(repeats: int, num_samples: int = 1000, num_draws: int = 100) -> pd.DataFrame:

@@ -109,24 +109,40 @@ def check_estimator(estimator: str) -> str:
     return estimator
 
 
+# Compiled variants offered only where benchmarks/ measured them faster (docs/performance.md):
+# JitTrace_ELBO beats Trace_ELBO; JitTraceMeanField_ELBO is several times slower than eager.
+JIT_ESTIMATORS: dict[str, type[pyro.infer.ELBO]] = {"sampled": pyro.infer.JitTrace_ELBO}
+
+
 def make_elbo(
-    estimator: str, num_particles: int = 1, max_plate_nesting: int = 0
+    estimator: str, num_particles: int = 1, max_plate_nesting: int = 0, jit: bool = False
 ) -> pyro.infer.ELBO:
     """The Pyro ELBO object for ``estimator``, particles vectorized.
 
+    ``jit=True`` gives the PyTorch-JIT-compiled variant (``JitTrace_ELBO`` for ``"sampled"``),
+    which needs a model whose structure and Python constants do not change between steps.
+
     Raises:
         EstimatorError: ``"iwae"`` with fewer than 2 particles (with K = 1 the bound is the
-            sampled ELBO).
+            sampled ELBO); ``jit=True`` for an estimator without a faster compiled variant.
     """
     if estimator == "iwae" and num_particles < 2:
         raise EstimatorError(
             f"the iwae estimator needs num_particles=K >= 2 importance samples per datapoint, "
             f"not {num_particles} (with K=1 it is the sampled ELBO); pass num_particles=5, say"
         )
-    return ESTIMATORS[check_estimator(estimator)](
+    check_estimator(estimator)
+    if jit and estimator not in JIT_ESTIMATORS:
+        raise EstimatorError(
+            f"jit=True is offered for estimator(s) {sorted(JIT_ESTIMATORS)} only, not "
+            f"{estimator!r} (Pyro's compiled mean-field ELBO measured several times slower than "
+            "the eager one; see docs/performance.md); drop jit=True"
+        )
+    return (JIT_ESTIMATORS if jit else ESTIMATORS)[estimator](
         num_particles=num_particles,
         vectorize_particles=True,
         max_plate_nesting=max_plate_nesting,
+        **({"ignore_jit_warnings": True} if jit else {}),
     )
 
 

@@ -96,6 +96,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 100,
     resume: bool = False,
+    jit: bool = False,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` on ``data`` by SVI, in Pyro's global param store.
 
@@ -119,6 +120,8 @@ def fit(
         resume: continue from the checkpoint in ``checkpoint_dir`` (if there is one yet): the
             result is bitwise that of the uninterrupted run, ``time_s`` continuing from the
             checkpoint. A mismatched pair, data or setting is refused, naming what differs.
+        jit: compile the ELBO with PyTorch's JIT (``"sampled"`` only, where it measured
+            faster; see docs/performance.md); the pair must run the same code every step.
 
     Parameters already in the param store are trained further; call
     ``pyro.clear_param_store()`` first for a fresh start.
@@ -137,6 +140,9 @@ def fit(
         raise PplVaeError(f"lr must be > 0, not {lr}")
     if kl_warmup < 0:
         raise PplVaeError(f"kl_warmup must be >= 0 steps, not {kl_warmup}")
+    if jit and kl_warmup:
+        raise PplVaeError("kl_warmup changes the model every step, so it cannot be compiled; "
+                          "drop jit=True or kl_warmup")
     if optim is not None and clip_norm is not None:
         raise PplVaeError("clip_norm applies to the default optimizer; pass clip_args to optim")
     array = as_array(data)
@@ -158,7 +164,7 @@ def fit(
         model = distributed.shard_scaled(model, group, layout.data_dim)
         guide = distributed.shard_scaled(guide, group, layout.data_dim)
 
-    elbo = make_elbo(estimator, num_particles, layout.max_plate_nesting)
+    elbo = make_elbo(estimator, num_particles, layout.max_plate_nesting, jit=jit)
     beta = LatentScale()
     if kl_warmup:
         model, guide = anneal(model, beta), anneal(guide, beta)
