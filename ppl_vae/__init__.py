@@ -7,6 +7,7 @@ The identity everything rests on (see docs/derivation.md)::
 """
 
 from . import nets
+from .checkpoint import read_checkpoint
 from .comparison import Comparison, compare_estimators
 from .data import load_data, train_test_split
 from .diagnostics import vi_diagnostics
@@ -58,6 +59,7 @@ __all__ = [
     "load_params",
     "log_likelihood",
     "plot_comparison",
+    "read_checkpoint",
     "reference_posterior",
     "save_params",
     "to_inference_data",
