@@ -27,12 +27,14 @@ def _data(width: int = 5, seed: int = 1) -> torch.Tensor:
     return torch.randn(40, width, generator=torch.Generator().manual_seed(seed))
 
 
-def _fit(x=None, z_dim=2, **kwargs) -> ppl_vae.FitResult:
-    """pPCA on 40 rows, 8 per batch (5 batches an epoch), Adam at lr 0.05, seed 3."""
+def _fit(x=None, z_dim=2, model=None, **kwargs) -> ppl_vae.FitResult:
+    """pPCA (or ``model`` with pPCA's guide) on 40 rows, 8 per batch (5 batches an epoch),
+    Adam at lr 0.05, seed 3."""
     x = _data() if x is None else x
     pyro.clear_param_store()
     pyro.set_rng_seed(11)  # whatever the caller's streams were, fit seeds its own
-    model, guide = linear_gaussian.make_pair(x_dim=x.shape[1], z_dim=z_dim)
+    ppca, guide = linear_gaussian.make_pair(x_dim=x.shape[1], z_dim=z_dim)
+    model = ppca if model is None else model
     settings = dict(num_steps=STEPS, batch_size=8, lr=0.05, seed=3) | kwargs
     return ppl_vae.fit(model, guide, x, **settings)
 
@@ -165,23 +167,9 @@ def test_resuming_something_else_is_refused_saying_what_differs(tmp_path, change
 
 def test_a_different_model_with_the_same_parameters_is_refused(tmp_path):
     """Same parameter names and shapes, but a Laplace likelihood instead of a Normal one."""
-    x = _data()
     _fit(checkpoint_dir=tmp_path, num_steps=3)
-    pyro.clear_param_store()
-    _, guide = linear_gaussian.make_pair(x_dim=5, z_dim=2)
-
     with pytest.raises(ppl_vae.CheckpointError, match=r"different sites \(changed: \['model:x'"):
-        ppl_vae.fit(
-            _ppca_model(dist.Laplace),
-            guide,
-            x,
-            num_steps=STEPS,
-            batch_size=8,
-            lr=0.05,
-            seed=3,
-            checkpoint_dir=tmp_path,
-            resume=True,
-        )
+        _fit(model=_ppca_model(dist.Laplace), checkpoint_dir=tmp_path, resume=True)
 
 
 def test_a_fresh_run_never_overwrites_a_checkpoint(tmp_path):
@@ -231,36 +219,29 @@ def test_a_numerical_fault_keeps_the_last_good_checkpoint(tmp_path, uninterrupte
     """The likelihood turns NaN from step 8 on: training stops naming step 8 and site 'x', the
     checkpoint of step 6 is kept, the parameters are those after step 7, and resuming the
     checkpoint once the fault is gone gives the uninterrupted run."""
-    x = _data()
-    _, guide = linear_gaussian.make_pair(x_dim=5, z_dim=2)
     poisoned = {"on": False}
 
     def poison_after_7(info):
         poisoned["on"] = info.step >= 7
 
-    pyro.clear_param_store()
     with pytest.raises(
         ppl_vae.NumericalError,
         match=r"step 8: a distribution's parameter is "
         r"invalid \(Expected parameter loc .*\['x'\].*last good checkpoint "
         r"\(step 6\) is kept.*clip_norm",
     ) as caught:
-        ppl_vae.fit(
-            _ppca_model(poisoned=poisoned),
-            guide,
-            x,
-            num_steps=STEPS,
-            batch_size=8,
-            lr=0.05,
-            seed=3,
+        _fit(
+            model=_ppca_model(poisoned=poisoned),
             checkpoint_dir=tmp_path,
             checkpoint_every=3,
             callback=poison_after_7,
         )
     assert caught.value.history[COLUMNS].equals(uninterrupted.history[COLUMNS].iloc[:7])
+    kept = {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
     after_7 = _fit(num_steps=7).params
-    for name, value in pyro.get_param_store().named_parameters():
-        assert torch.equal(value.detach(), after_7[name]), name
+    assert kept.keys() == after_7.keys()
+    for name, value in kept.items():
+        assert torch.equal(value, after_7[name]), name
     assert read_checkpoint(tmp_path / FILENAME)["step"] == 6
     _assert_same_run(_fit(checkpoint_dir=tmp_path, resume=True), uninterrupted)
 
