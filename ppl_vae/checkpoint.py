@@ -13,7 +13,8 @@ resumed ends bitwise equal (on CPU) to the run that was never interrupted:
 
 The file ``DIR/checkpoint.pt`` is written atomically (:func:`ppl_vae.files.atomic_write`:
 temporary file in ``DIR``, fsync, rename), so the previous good checkpoint stays in place until
-the new one is complete. It holds tensors, numbers and strings only and is read with
+the new one is complete (a temporary file left by a write killed half way is removed by the
+next run). It holds tensors, numbers and strings only and is read with
 ``torch.load(weights_only=True)``: loading never runs code from the file.
 """
 
@@ -174,6 +175,8 @@ class Checkpointer:
         are restored in place, so modules registered with ``pyro.module`` stay linked.
         """
         self.fingerprint = fingerprint
+        for stale in self.directory.glob(f".{FILENAME}.*.tmp"):  # a write killed half way
+            stale.unlink(missing_ok=True)
         if not (self.resume and self.path.exists()):
             return [], 0.0, None
         payload = read_checkpoint(self.path)

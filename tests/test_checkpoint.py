@@ -76,8 +76,10 @@ def test_resume_after_a_stop_is_the_uninterrupted_run(tmp_path, uninterrupted):
     increasing across the resume."""
     part = _fit(checkpoint_dir=tmp_path, checkpoint_every=2, callback=lambda i: i.step == 7)
     assert part.stopped_early and read_checkpoint(tmp_path / FILENAME)["step"] == 7
+    (tmp_path / f".{FILENAME}.x1y2.tmp").write_bytes(b"PK half")  # a write killed half way
     resumed = _fit(checkpoint_dir=tmp_path, resume=True)
     _assert_same_run(resumed, uninterrupted)
+    assert [p.name for p in tmp_path.iterdir()] == [FILENAME]  # the leftover is gone
     assert resumed.history["time_s"].is_monotonic_increasing
     assert resumed.history["time_s"].iloc[:7].equals(part.history["time_s"])
     # the final checkpoint is the finished run; resuming it again trains nothing more

@@ -87,6 +87,7 @@ def test_killed_from_outside_and_resumed_is_the_uninterrupted_run(
     assert main(_args(csv, out, "--checkpoint-dir", str(checkpoints), "--resume")) == 0
     _assert_same_run(out, uninterrupted)
     assert read_checkpoint(checkpoints / FILENAME)["step"] == STEPS
+    assert [p.name for p in checkpoints.iterdir()] == [FILENAME]  # no half-written leftovers
 
 
 def test_flags_that_would_lose_work_are_refused(tmp_path, csv, capsys):
