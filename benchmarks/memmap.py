@@ -12,9 +12,7 @@ pair gives the baseline.
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .rss import peak_rss_mib
 
 X_DIM = 784
 CHUNK_ROWS = 65536
@@ -72,10 +72,8 @@ def measure(gigabytes: float, steps: int) -> pd.DataFrame:
 
 
 def _child(path: Path, steps: int) -> tuple[float, dict]:
-    command = ["/usr/bin/time", "-v", sys.executable, "-m", "benchmarks.memmap", str(path)]
-    done = subprocess.run([*command, str(steps)], capture_output=True, text=True, check=True)
-    peak_kib = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
-    return int(peak_kib.group(1)) / 1024, json.loads(done.stdout.strip().splitlines()[-1])
+    peak, out = peak_rss_mib([sys.executable, "-m", "benchmarks.memmap", str(path), str(steps)])
+    return peak, json.loads(out.strip().splitlines()[-1])
 
 
 def _train(path: str, steps: int) -> dict:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import pandas as pd
 import torch
 
 from . import dataparallel, memmap, steps, vectorized
+from .rss import peak_rss_mib
 
 RESULTS = Path(__file__).parent / "results"
 SECTIONS = ("steps", "vectorized", "memmap", "dataparallel")
@@ -92,7 +92,9 @@ def run_steps(settings: dict) -> dict[str, pd.DataFrame]:
     timings = pd.concat(timings, ignore_index=True)
     return {
         "steps": timings,
+        "steps_speeds": steps.speeds(timings),
         "steps_ratios": steps.ratios(timings),
+        "steps_ratios_end_to_end": steps.ratios(timings, "end_to_end_steps_s"),
         "memory": memory(settings["memory_steps"]),
     }
 
@@ -102,12 +104,9 @@ def memory(n: int) -> pd.DataFrame:
     rows = []
     for index, config in enumerate(steps.CONFIGS):
         for estimator in ("sampled", "analytic"):
-            for name in ("none", *steps.CONTENDERS):
+            for name in ("none", *steps.contenders(estimator)):
                 command = [sys.executable, "-m", "benchmarks.steps", str(index), estimator, name]
-                done = subprocess.run(
-                    [*command, str(n)], capture_output=True, text=True, check=True
-                )
-                peak = float(done.stdout.strip().splitlines()[-1])
+                peak, _ = peak_rss_mib([*command, str(n)])
                 rows.append((config.name, estimator, name, n, peak))
     frame = pd.DataFrame(rows, columns=["model", "estimator", "contender", "steps", "peak_mib"])
     keys = ["model", "estimator"]

@@ -12,7 +12,8 @@ Adam at the same learning rate, one reparameterized particle per step:
   ``svi.step(batch)`` over pre-sliced batches: what a Pyro user writes.
 - ``pyro_jit``: the same with ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO`` (compilation in
   the first step included).
-- ``ppl_vae``: one ``ppl_vae.fit(...)`` call, set-up (validation, probing the pair) included.
+- ``ppl_vae``: one ``ppl_vae.fit(...)`` call, set-up (validation, probing the pair) included;
+  ``ppl_vae_jit``: the same with ``jit=True`` (sampled estimator only).
 
 Repeats are interleaved (the contenders' order rotates every repeat) so that the load of a
 shared machine hits all three alike; ratios are taken within a repeat.
@@ -20,8 +21,7 @@ shared machine hits all three alike; ratios are taken within a repeat.
 
 from __future__ import annotations
 
-import resource
-import statistics
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import ppl_vae
+from ppl_vae.estimators import JIT_ESTIMATORS
 
 CONTENDERS = ("torch", "pyro", "pyro_jit", "ppl_vae")
 JIT_ELBOS = {
@@ -91,11 +92,13 @@ def fresh_pair(config: Config) -> ppl_vae.ModelGuidePair:
     )
 
 
-def run_torch(pair, batches, estimator: str, seed: int = 0) -> None:
+def run_torch(pair, batches, estimator: str, seed: int = 0) -> float:
+    """Train; returns the clock after the first step (compilation and lazy set-up done)."""
     encoder, decoder = pair.modules
     params = [*encoder.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=LR)
     torch.manual_seed(seed)
+    first = math.nan
     for x in batches:
         loc, scale = encoder(x)
         z = loc + scale * torch.randn_like(loc)
@@ -110,18 +113,28 @@ def run_torch(pair, batches, estimator: str, seed: int = 0) -> None:
         loss.backward()
         optimizer.step()
         loss.item()
+        first = time.perf_counter() if math.isnan(first) else first
+    return first
 
 
-def run_pyro(pair, batches, estimator: str, seed: int = 0, jit: bool = False) -> None:
+def run_pyro(pair, batches, estimator: str, seed: int = 0, jit: bool = False) -> float:
+    """Train with ``SVI.step``; returns the clock after the first step."""
     elbos = JIT_ELBOS if jit else ppl_vae.ESTIMATORS
     elbo = elbos[estimator](**({"ignore_jit_warnings": True} if jit else {}))
     svi = pyro.infer.SVI(pair.model, pair.guide, pyro.optim.Adam({"lr": LR}), elbo)
     pyro.set_rng_seed(seed)
+    first = math.nan
     for x in batches:
         svi.step(x)
+        first = time.perf_counter() if math.isnan(first) else first
+    return first
 
 
-def run_ppl_vae(pair, data, steps: int, config: Config, estimator: str, seed: int = 0) -> None:
+def run_ppl_vae(
+    pair, data, steps: int, config: Config, estimator: str, seed: int = 0, jit: bool = False
+) -> float:
+    """Train with ``fit``; returns the clock after the first step (read by a callback)."""
+    marks = []
     ppl_vae.fit(
         pair.model,
         pair.guide,
@@ -131,72 +144,102 @@ def run_ppl_vae(pair, data, steps: int, config: Config, estimator: str, seed: in
         batch_size=config.batch_size,
         lr=LR,
         seed=seed,
+        jit=jit,
+        callback=lambda info: info.step == 1 and marks.append(time.perf_counter()),
     )
+    return marks[0]
 
 
-def time_contender(name: str, config: Config, estimator: str, data, batches) -> float:
-    """Seconds for ``len(batches)`` steps of contender ``name`` from a fresh pair."""
+def contenders(estimator: str) -> tuple[str, ...]:
+    """``ppl_vae_jit`` (``fit(jit=True)``) exists for the sampled estimator only."""
+    return CONTENDERS + (("ppl_vae_jit",) if estimator in JIT_ESTIMATORS else ())
+
+
+def time_contender(name: str, config: Config, estimator: str, data, batches) -> tuple[float, float]:
+    """Seconds for ``len(batches)`` steps of contender ``name`` from a fresh pair: in all, and
+    for the steps after the first (no set-up, compilation or first-call costs)."""
     pair = fresh_pair(config)
     started = time.perf_counter()
     if name == "torch":
-        run_torch(pair, batches, estimator)
+        first = run_torch(pair, batches, estimator)
     elif name in ("pyro", "pyro_jit"):
-        run_pyro(pair, batches, estimator, jit=name == "pyro_jit")
+        first = run_pyro(pair, batches, estimator, jit=name == "pyro_jit")
     else:
-        run_ppl_vae(pair, data, len(batches), config, estimator)
-    return time.perf_counter() - started
+        jit = name == "ppl_vae_jit"
+        first = run_ppl_vae(pair, data, len(batches), config, estimator, jit=jit)
+    ended = time.perf_counter()
+    return ended - started, ended - first
 
 
 def measure(config: Config, estimator: str, steps: int, repeats: int) -> pd.DataFrame:
     """One row per repeat and contender: seconds and steps/s; repeats interleaved."""
     data = data_for(config)
     batches = batches_for(data, config.batch_size, steps, seed=0)
-    for name in CONTENDERS:  # warm-up, not recorded
+    names = contenders(estimator)
+    for name in names:  # warm-up, not recorded
         time_contender(name, config, estimator, data, batches[:20])
     rows = []
     for repeat in range(repeats):
-        shift = repeat % len(CONTENDERS)
-        for name in CONTENDERS[shift:] + CONTENDERS[:shift]:
-            seconds = time_contender(name, config, estimator, data, batches)
-            rows.append((config.name, estimator, repeat, name, steps, seconds, steps / seconds))
-    return pd.DataFrame(
-        rows, columns=["model", "estimator", "repeat", "contender", "steps", "seconds", "steps_s"]
-    )
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds, steady = time_contender(name, config, estimator, data, batches)
+            rows.append(
+                (
+                    config.name,
+                    estimator,
+                    repeat,
+                    name,
+                    steps,
+                    seconds,
+                    steps / seconds,
+                    (steps - 1) / steady,
+                )
+            )
+    columns = ["model", "estimator", "repeat", "contender", "steps", "seconds"]
+    return pd.DataFrame(rows, columns=[*columns, "end_to_end_steps_s", "steps_s"])
 
 
-def ratios(timings: pd.DataFrame) -> pd.DataFrame:
-    """Per model and estimator: median steps/s per contender and the ratios' min/median/max."""
+RATIOS = (
+    ("ppl_vae", "pyro"),
+    ("ppl_vae", "torch"),
+    ("pyro", "torch"),
+    ("pyro_jit", "pyro"),
+    ("ppl_vae_jit", "ppl_vae"),
+    ("ppl_vae_jit", "pyro_jit"),
+    ("ppl_vae_jit", "torch"),
+)
+
+
+def speeds(timings: pd.DataFrame) -> pd.DataFrame:
+    """Per model, estimator and contender: steps/s median (min, max) over repeats, after the
+    first step, and the end-to-end median (first step and ``fit``'s set-up included)."""
+    grouped = timings.groupby(["model", "estimator", "contender"], sort=False)
+    table = grouped["steps_s"].agg(["median", "min", "max"]).add_prefix("steps_s_")
+    table["end_to_end_steps_s"] = grouped["end_to_end_steps_s"].median()
+    return table.reset_index()
+
+
+def ratios(timings: pd.DataFrame, column: str = "steps_s") -> pd.DataFrame:
+    """Per model and estimator: ratios of ``column`` taken within each repeat, min/median/max."""
     rows = []
     for (model, estimator), group in timings.groupby(["model", "estimator"], sort=False):
-        wide = group.pivot(index="repeat", columns="contender", values="steps_s")
-        row = {"model": model, "estimator": estimator}
-        row |= {f"{c}_steps_s": float(wide[c].median()) for c in CONTENDERS}
-        for other in ("pyro", "torch"):
-            ratio = (wide["ppl_vae"] / wide[other]).tolist()
-            row |= {
-                f"ppl_vae/{other}_min": min(ratio),
-                f"ppl_vae/{other}_median": statistics.median(ratio),
-                f"ppl_vae/{other}_max": max(ratio),
-            }
-        for name in ("pyro", "pyro_jit"):
-            row[f"{name}/torch_median"] = float((wide[name] / wide["torch"]).median())
-        row["pyro_jit/pyro_median"] = float((wide["pyro_jit"] / wide["pyro"]).median())
-        rows.append(row)
+        wide = group.pivot(index="repeat", columns="contender", values=column)
+        for a, b in RATIOS:
+            if a in wide and b in wide:
+                ratio = wide[a] / wide[b]
+                stats = {"min": ratio.min(), "median": ratio.median(), "max": ratio.max()}
+                rows.append({"model": model, "estimator": estimator, "ratio": f"{a} / {b}"} | stats)
     return pd.DataFrame(rows)
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _memory_main(argv: list[str]) -> None:
-    """``python -m benchmarks.steps CONFIG_INDEX ESTIMATOR CONTENDER|none STEPS``: peak RSS."""
+    """``python -m benchmarks.steps CONFIG_INDEX ESTIMATOR CONTENDER|none STEPS``: train (or,
+    with ``none``, only load the data and batches) for a peak-RSS measurement."""
     config, estimator, name, steps = CONFIGS[int(argv[0])], argv[1], argv[2], int(argv[3])
     data = data_for(config)
     batches = batches_for(data, config.batch_size, steps, seed=0)
     if name != "none":
         time_contender(name, config, estimator, data, batches)
-    print(peak_rss_mb())
 
 
 if __name__ == "__main__":
