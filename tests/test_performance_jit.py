@@ -6,12 +6,15 @@ reparameterized Normal guide the compiled run is reproducible from its seed. Whe
 faster is measured by ``make bench`` (docs/performance.md), not here.
 """
 
+import json
+
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
 
 import ppl_vae
+from ppl_vae.cli import main
 from ppl_vae.errors import EstimatorError, PplVaeError
 
 
@@ -80,3 +83,29 @@ def test_jit_is_refused_where_it_is_not_faster(binary_digits):
         fitted(pair, train, jit=True, estimator="analytic")
     with pytest.raises(PplVaeError, match="drop jit=True or kl_warmup"):
         fitted(pair, train, jit=True, kl_warmup=10)
+
+
+def test_cli_train_jit(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        "models/bernoulli_vae.py",
+        "--data",
+        "digits",
+        "--steps",
+        "5",
+        "--no-progress",
+        "--jit",
+        "--estimator",
+        "sampled",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["jit"] is True
+    refused = tmp_path / "refused"
+    assert main([*args[:-1], str(refused), "--estimator", "analytic"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "drop jit=True" in err
+    assert not refused.exists()

@@ -48,6 +48,12 @@ def register(commands) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_checkpoint_options(parser)
     parser.add_argument(
+        "--jit",
+        action="store_true",
+        help="compile the sampled ELBO with PyTorch's JIT (measured faster; see "
+        "docs/performance.md); refused for the other estimators and with --kl-warmup",
+    )
+    parser.add_argument(
         "--nproc",
         type=int,
         default=1,
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
                 "clip_norm": args.clip_norm,
                 "checkpoint_dir": args.checkpoint_dir,
                 "nproc": group.size,
+                "jit": args.jit,
                 "seconds": seconds,
                 "metrics": metrics,
                 "sites": result.sites.to_dict(orient="records"),
@@ -175,6 +182,7 @@ def _fit(args: argparse.Namespace, inputs):
         clip_norm=args.clip_norm,
         strict=args.strict,
         progress=not args.no_progress,
+        jit=args.jit,
         **_checkpoint_settings(args),
     )
 
