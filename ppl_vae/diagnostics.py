@@ -46,7 +46,8 @@ def vi_diagnostics(
     r"""Pareto k̂, PSIS log-likelihood and ESS of the importance weights, one row per datapoint.
 
     Columns:
-        ``khat``: the Pareto shape of the weights (ArviZ ``psislw``, r_eff = 1);
+        ``khat``: the Pareto shape of the weights (ArviZ's ``psislw``, r_eff = 1; see
+        :func:`ppl_vae.arviz_compat.psislw` for the tail size under each ArviZ generation);
         ``psis_log_likelihood``: :math:`\log \frac1S \sum_s \tilde w_s`, the PSIS-smoothed
         (and truncated) estimate of :math:`\log p(x_n)`;
         ``log_likelihood``: the plain importance-sampled estimate (the IWAE bound);

@@ -1,4 +1,4 @@
-r"""A Pyro guide's posterior as ArviZ ``InferenceData``.
+r"""A Pyro guide's posterior as ArviZ ``InferenceData`` (a ``DataTree`` under arviz ≥ 1.0).
 
 ArviZ's ``from_pyro`` converts MCMC runs only. Here the guide is the sampler: for the selected
 datapoints :math:`x_n`, draws :math:`z_{n,s} \sim q(z|x_n)`, :math:`s = 1..S`, are scored
@@ -65,7 +65,8 @@ def to_inference_data(
         attrs: extra attributes, e.g. ``{"estimator": "analytic", "steps": 2000}``.
 
     Returns:
-        ``arviz.InferenceData`` with the groups listed in the module docstring.
+        ``arviz.InferenceData`` (an xarray ``DataTree`` under arviz ≥ 1.0) with the groups
+        listed in the module docstring.
     """
     check_count("num_samples", num_samples)
     fits = [fits] if isinstance(fits, FitResult) else list(fits or [])

@@ -2,7 +2,9 @@ r"""A reference posterior by NUTS, and VI set side by side with it.
 
 With the decoder's parameters fixed at their trained values, the posterior
 :math:`p(z|x) \propto p(z)\, p_\theta(x|z)` of the selected datapoints is sampled by Pyro's
-No-U-Turn sampler (Hoffman & Gelman 2014) and converted with ArviZ's ``from_pyro``. It is what
+No-U-Turn sampler (Hoffman & Gelman 2014) and converted to ArviZ the way ``az.from_pyro``
+does (which arviz ≥ 1.0 no longer has): the draws as ``posterior``, NUTS's divergent
+transitions as ``sample_stats/diverging``, and ``observed_data``. It is what
 the guide q(z|x) approximates, so comparing the two — per latent, mean and sd, and the
 marginal densities overlaid — shows what the amortized mean-field guide gets wrong. Only for
 models small enough: the cost grows with the number of datapoints times the latent size.
@@ -25,6 +27,8 @@ from .inference_data import OBS_DIM, check_count, select_rows, site_dims
 from .rng import seeded
 from .traces import data_plate_dim, is_latent, is_observed
 
+NAMED_GROUPS = ("posterior", "observed_data")  # sample_stats/diverging is (chain, draw)
+
 
 def reference_posterior(
     model: Callable,
@@ -45,8 +49,8 @@ def reference_posterior(
     can be compared directly.
 
     Returns:
-        ``arviz.InferenceData`` from ``az.from_pyro``: posterior, sample_stats (NUTS), observed
-        data; ``attrs["inference"] = "NUTS"``.
+        ArviZ's object (``InferenceData``; ``DataTree`` under arviz ≥ 1.0): posterior,
+        sample_stats (``diverging``), observed data; ``attrs["inference"] = "NUTS"``.
     """
     for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
         check_count(name, value)
@@ -65,8 +69,37 @@ def reference_posterior(
         with seeded(seed + chain):
             run.run(x)
         runs.append(run)
-    attrs = {"inference": "NUTS", "seed": seed, "warmup_steps": warmup_steps}
-    return arviz_compat.from_pyro_chains(runs, dims, {OBS_DIM: index.tolist()}, attrs)
+    attrs = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "inference": "NUTS",
+        "seed": seed,
+        "warmup_steps": warmup_steps,
+    }
+    groups = _groups(runs, trace)
+    dims = {group: {name: dims[name] for name in groups[group]} for group in NAMED_GROUPS}
+    return arviz_compat.from_dict(groups, dims, {OBS_DIM: index.tolist()}, attrs)
+
+
+def _groups(runs: list[MCMC], trace) -> dict[str, dict[str, np.ndarray]]:
+    """Single-chain runs → posterior ``(chain, draw, ...)``, ``diverging`` ``(chain, draw)``
+    and the observed data, as ``az.from_pyro`` lays them out."""
+    samples = [run.get_samples(group_by_chain=True) for run in runs]
+    diverging = np.zeros((len(runs), runs[0].num_samples), dtype=bool)
+    for chain, run in enumerate(runs):
+        diverging[chain, run.diagnostics()["divergences"]["chain 0"]] = True
+    return {
+        "posterior": {
+            name: np.concatenate([s[name].detach().cpu().numpy() for s in samples])
+            for name in samples[0]
+        },
+        "sample_stats": {"diverging": diverging},
+        "observed_data": {
+            name: site["value"].detach().cpu().numpy()
+            for name, site in trace.nodes.items()
+            if is_observed(site)
+        },
+    }
 
 
 def _trace_with_trained_params(model: Callable, x: torch.Tensor):
@@ -110,7 +143,7 @@ def compare_posteriors(
         if first.shape[2:] != second.shape[2:]:
             raise DataError(
                 f"{name!r} has shape {first.shape[2:]} in one posterior and "
-                f"{second.shape[1:]} in the other; export the same datapoints (obs=) from both"
+                f"{second.shape[2:]} in the other; export the same datapoints (obs=) from both"
             )
         shape = first.shape[2:]
         first, second = (v.reshape(v.shape[0] * v.shape[1], -1) for v in (first, second))
@@ -139,5 +172,6 @@ def plot_comparison(
     *,
     labels: tuple[str, str] = ("VI", "NUTS"),
 ) -> np.ndarray:
-    """Marginal densities of both posteriors overlaid (``az.plot_density``); the axes."""
+    """Marginal densities of both posteriors overlaid (``az.plot_density``; under arviz ≥ 1.0
+    ``arviz_plots.plot_dist``); the axes."""
     return arviz_compat.plot_density([approx, reference], labels, var_names, coords or {})

@@ -4,6 +4,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+from importlib.metadata import version  # noqa: E402
+
 import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -34,3 +36,12 @@ def binary_digits(digits):
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ARVIZ = version("arviz")  # tests of one generation's own API are skipped under the other
+requires_arviz0 = pytest.mark.skipif(
+    not ARVIZ.startswith("0."), reason=f"needs the arviz 0.2x API; arviz {ARVIZ} is installed"
+)
+requires_arviz1 = pytest.mark.skipif(
+    ARVIZ.startswith("0."),
+    reason=f"needs the arviz >= 1.0 API (Python >= 3.12, make test-py312); arviz {ARVIZ} here",
+)

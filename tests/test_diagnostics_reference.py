@@ -1,7 +1,6 @@
 """ppl_vae.reference_posterior (NUTS with the decoder fixed) against the exact pPCA posterior,
 and VI set side by side with it."""
 
-import arviz as az
 import numpy as np
 import pyro
 import pytest
@@ -9,6 +8,8 @@ import torch
 
 import ppl_vae
 from models import linear_gaussian
+from ppl_vae import arviz_compat
+from tests.test_arviz_compat import native_forest
 from tests.test_diagnostics import ppca_at
 
 D, K, N = 5, 2, 12
@@ -42,8 +43,14 @@ def test_nuts_reference_agrees_with_the_exact_posterior(ppca):
     rho = cov[0, 1] / (sd[0] * sd[1])
     got = np.mean([np.corrcoef(draws[:, i, 0], draws[:, i, 1])[0, 1] for i in range(3)])
     assert abs(got - float(rho)) < 0.15 and abs(float(rho)) > 0.4
-    summary = ppl_vae.arviz_compat.summary(ref, var_names=["z"])
+    summary = arviz_compat.summary(ref, var_names=["z"])
     assert (summary["r_hat"] < 1.05).all()  # two chains: R-hat is shown, and near 1
+    # laid out as az.from_pyro does: NUTS's divergences per draw, and the observed rows
+    assert ref.sample_stats["diverging"].dims == ("chain", "draw")
+    assert ref.sample_stats["diverging"].shape == (2, S)
+    assert ref.sample_stats["diverging"].values.mean() < 0.05  # a Gaussian posterior
+    np.testing.assert_array_equal(ref.observed_data["x"].values, x[ROWS].numpy())
+    assert ref.posterior.attrs["inference"] == "NUTS"
 
 
 def test_vi_and_nuts_side_by_side(ppca):
@@ -69,7 +76,7 @@ def test_vi_and_nuts_side_by_side(ppca):
     assert np.all(np.abs(ratio / expected_ratio - 1) < 0.2)
     axes = ppl_vae.plot_comparison(vi, ref, ["z"], {"obs": [0]})
     assert axes.size == K
-    az.plot_forest([vi, ref], model_names=["VI", "NUTS"], var_names=["z"], coords={"obs": [0]})
+    native_forest({"VI": vi, "NUTS": ref}, var_names=["z"], coords={"obs": [0]})
 
 
 def test_reference_refuses_untrained_parameters():

@@ -32,7 +32,7 @@ def register(commands) -> None:
         description="Load a run written by 'ppl-vae train' and write OUT/posterior.nc (ArviZ "
         "InferenceData of the first --rows datapoints), OUT/khat.csv (Pareto k̂, PSIS "
         "log-likelihood and ESS of the importance weights for every datapoint of the split), "
-        "OUT/summary.csv (az.summary), OUT/diagnostics.json (the verdict and settings) and "
+        "OUT/summary.csv (ArviZ's summary), OUT/diagnostics.json (the verdict and settings) and "
         "the figures posterior.png, ppc.png and khat.png.",
     )
     parser.add_argument(
@@ -130,10 +130,10 @@ def _figures(idata, khat: np.ndarray, folder: Path) -> None:
 
     latents = list(arviz_compat.variables(idata))
     first = arviz_compat.coordinate(idata, "posterior", OBS_DIM)[:2].tolist()
-    axes = arviz_compat.plot_posterior(idata, latents, {OBS_DIM: first})
-    _save(plt, axes.ravel()[0].figure, folder / "posterior.png")
-    _save(plt, np.ravel(arviz_compat.plot_ppc(idata))[0].figure, folder / "ppc.png")
-    _save(plt, arviz_compat.plot_khat(khat).figure, folder / "khat.png")
+    posterior = arviz_compat.plot_posterior(idata, latents, {OBS_DIM: first})
+    _save(plt, posterior, folder / "posterior.png")
+    _save(plt, arviz_compat.plot_ppc(idata), folder / "ppc.png")
+    _save(plt, arviz_compat.plot_khat(khat), folder / "khat.png")
 
 
 def _save(plt, figure, path: Path) -> None:

@@ -1,0 +1,138 @@
+"""The one place that calls ArviZ: conversion, PSIS, summaries, NetCDF files and plots.
+
+The rest of ppl_vae builds plain dicts of numpy arrays (``{group: {variable: array}}`` with
+dims ``(chain, draw, ...)`` for sampled groups) and reads results back as numpy arrays
+through the functions here, so that nothing else depends on the ArviZ generation installed:
+
+- arviz 0.20 – 0.23 (what Python 3.11 installs): ``arviz.InferenceData``, ``az.psislw``,
+  matplotlib plots returning axes — :mod:`._arviz0`;
+- arviz ≥ 1.0 (Python ≥ 3.12): an xarray ``DataTree`` built with ``arviz_base``, PSIS from
+  ``arviz_stats``, plots from ``arviz_plots`` returning a ``PlotCollection`` — :mod:`._arviz1`.
+
+This module picks one by the installed version and adds the generation-neutral parts. Plot
+functions return a matplotlib ``Figure`` under both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+GENERATION = 0 if version("arviz").startswith("0.") else 1
+
+if GENERATION == 0:
+    from ._arviz0 import (
+        InferenceData,
+        combine,
+        dataset,
+        groups,
+        load,
+        plot_density,
+        plot_khat,
+        plot_posterior,
+        plot_ppc,
+        psislw,
+        raw_summary,
+    )
+else:
+    from ._arviz1 import (
+        InferenceData,
+        combine,
+        dataset,
+        groups,
+        load,
+        plot_density,
+        plot_khat,
+        plot_posterior,
+        plot_ppc,
+        psislw,
+        raw_summary,
+    )
+
+__all__ = [
+    "GENERATION",
+    "InferenceData",
+    "coordinate",
+    "draws",
+    "from_dict",
+    "groups",
+    "load",
+    "num_chains",
+    "plot_density",
+    "plot_khat",
+    "plot_posterior",
+    "plot_ppc",
+    "psislw",
+    "save",
+    "summary",
+    "variables",
+]
+
+Groups = Mapping[str, Mapping[str, np.ndarray]]
+
+
+def from_dict(
+    groups: Groups,
+    dims: Mapping[str, Mapping[str, Sequence[str]]],
+    coords: Mapping[str, Sequence],
+    attrs: Mapping[str, object],
+) -> InferenceData:
+    """``{group: {var: array}}`` with ``{group: {var: dims}}`` → the generation's object.
+
+    Dims are given per group because one name (the observed site ``x``) is both observed data
+    ``(obs, x_dim_0)`` and a log-likelihood ``(chain, draw, obs)``. ``observed_data`` has no
+    ``(chain, draw)`` dims; ``attrs`` go on every group.
+    """
+    return combine(
+        {
+            group: dataset(
+                dict(variables),
+                attrs=dict(attrs),
+                coords={k: list(v) for k, v in coords.items()},
+                dims={k: list(v) for k, v in dims.get(group, {}).items()},
+                sampled=group != "observed_data",
+            )
+            for group, variables in groups.items()
+        }
+    )
+
+
+def draws(idata: InferenceData, var: str, group: str = "posterior") -> np.ndarray:
+    """The values of ``group/var`` as a numpy array (``(chain, draw, ...)`` for samples)."""
+    return np.asarray(idata[group][var].values)
+
+
+def variables(idata: InferenceData, group: str = "posterior") -> dict[str, tuple[str, ...]]:
+    """The variables of ``group`` and their dims."""
+    return {name: tuple(var.dims) for name, var in idata[group].data_vars.items()}
+
+
+def coordinate(idata: InferenceData, group: str, dim: str) -> np.ndarray:
+    return np.asarray(idata[group][dim].values)
+
+
+def num_chains(idata: InferenceData) -> int:
+    return int(idata["posterior"].sizes["chain"])
+
+
+def summary(idata: InferenceData, var_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """ArviZ's summary: mean, sd, 94% HDI, MCSE and ESS; ``r_hat`` only with ≥ 2 chains.
+
+    The columns are the generation's own (0.2x ``hdi_3%``/``hdi_97%``, 1.x
+    ``hdi94_lb``/``hdi94_ub``). With one chain R-hat compares the chain's halves only (1.x
+    gives NaN), which says nothing about whether independent fits agree, so the column is
+    dropped rather than shown as if it meant that.
+    """
+    table = raw_summary(idata, list(var_names) if var_names else None)
+    if num_chains(idata) < 2:
+        table = table.drop(columns=["r_hat"], errors="ignore")
+    return table
+
+
+def save(idata: InferenceData, path: str | Path) -> None:
+    """Write every group to one NetCDF file (h5netcdf engine); :func:`load` reads it back."""
+    idata.to_netcdf(str(path), engine="h5netcdf")

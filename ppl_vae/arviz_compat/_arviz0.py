@@ -1,0 +1,108 @@
+"""arviz 0.20 – 0.23 (Python 3.11): ``InferenceData``, ``az.psislw``, matplotlib axes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+with warnings.catch_warnings():  # arviz 0.2x announces its 1.0 refactor on import
+    warnings.simplefilter("ignore", FutureWarning)
+    import arviz as az
+
+InferenceData = az.InferenceData
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence ArviZ's notes that do not apply here: the single-chain shape check (draws of a
+    guide are independent, one chain is fine) and the deprecation of k̂ arrays in plot_khat."""
+    logger = az._log  # arviz 0.2x keeps its own Logger, not registered with logging
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # matplotlib 3.11 vs arviz 0.2x
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def dataset(variables: dict, *, attrs: dict, coords: dict, dims: dict, sampled: bool):
+    """One group as an ``xarray.Dataset``; ``sampled`` groups lead with ``(chain, draw)``."""
+    return az.dict_to_dataset(
+        variables, attrs=attrs, coords=coords, dims=dims, default_dims=None if sampled else []
+    )
+
+
+def combine(datasets: Mapping[str, object]) -> InferenceData:
+    return az.InferenceData(**datasets)
+
+
+def groups(idata: InferenceData) -> list[str]:
+    return list(idata.groups())
+
+
+def load(path: str | Path) -> InferenceData:
+    return az.from_netcdf(str(path))
+
+
+def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pareto-smoothed, truncated, *unnormalized* log weights and k̂ per row, with r_eff = 1.
+
+    ``log_weights`` has shape ``(rows, draws)``; smoothing runs along the last axis. Only the
+    largest ``ceil(min(S/5, 3√S))`` weights (the tail) are replaced by Pareto quantiles,
+    truncated at the largest raw weight; the others are returned as given. With a tail of
+    fewer than 5 draws k̂ is ∞ and nothing is smoothed.
+    """
+    smoothed, khat = az.psislw(np.array(log_weights, dtype=float), reff=1.0, normalize=False)
+    return np.asarray(smoothed), np.asarray(khat)
+
+
+def raw_summary(idata: InferenceData, var_names: list[str] | None) -> pd.DataFrame:
+    with _quiet():
+        return az.summary(idata, var_names=var_names)
+
+
+def plot_posterior(idata: InferenceData, var_names: Sequence[str], coords: Mapping) -> Figure:
+    """``az.plot_posterior``: one panel per selected element, with its 94% HDI."""
+    with _quiet():
+        axes = az.plot_posterior(idata, var_names=list(var_names), coords=dict(coords))
+    return np.ravel(axes)[0].figure
+
+
+def plot_ppc(idata: InferenceData, num_pp_samples: int = 50) -> Figure:
+    """``az.plot_ppc``: observed data against at most ``num_pp_samples`` replicated sets."""
+    sizes = idata.posterior_predictive.sizes
+    with _quiet():
+        axes = az.plot_ppc(
+            idata,
+            num_pp_samples=min(num_pp_samples, sizes["chain"] * sizes["draw"]),
+            random_seed=0,
+        )
+    return np.ravel(axes)[0].figure
+
+
+def plot_khat(khat: np.ndarray) -> Figure:
+    """``az.plot_khat`` of one k̂ per datapoint, with the 0.5/0.7/1 lines."""
+    with _quiet():
+        return az.plot_khat(np.asarray(khat), show_hlines=True).figure
+
+
+def plot_density(idata: Sequence[InferenceData], labels: Sequence[str], var_names, coords):
+    """``az.plot_density``: marginals of several objects overlaid, one panel per element;
+    ``coords`` selects elements (e.g. ``{"obs": [0, 1]}``). Returns the axes."""
+    selected = [d.sel(**{k: list(v) for k, v in coords.items()}) for d in idata]
+    with _quiet():
+        axes = az.plot_density(
+            selected, data_labels=list(labels), var_names=list(var_names), shade=0.1
+        )
+    return np.asarray(axes)
