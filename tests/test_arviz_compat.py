@@ -5,6 +5,9 @@ PSIS is checked against truths both generations must meet: weights with an exact
 of known shape, light-tailed weights, and the values arviz 0.23.4 gave on a fixed array.
 """
 
+import re
+from pathlib import Path
+
 import arviz as az
 import numpy as np
 import pyro
@@ -197,3 +200,21 @@ def test_arviz1_calls_on_the_exports(exports):
     loo = az.loo(globals_, pointwise=True)
     check_loo(loo.elpd, loo.p, globals_)
     arviz_plots.plot_khat(loo)
+
+
+ARVIZ1_BLOCK = re.compile(r"^```python arviz1\n(.*?)^```", re.S | re.M)
+
+
+@pytest.mark.slow
+@requires_arviz1
+def test_the_arviz1_calls_in_the_docs_run(monkeypatch):
+    # tests/test_docs.py runs the ```python blocks (the arviz 0.2x walk-through); the arviz
+    # 1.x subsection of docs/diagnostics.md is fenced ```python arviz1 and runs here
+    root = Path(__file__).resolve().parent.parent
+    blocks = ARVIZ1_BLOCK.findall((root / "docs" / "diagnostics.md").read_text())
+    assert blocks
+    monkeypatch.chdir(root)
+    namespace: dict = {"__name__": "__docs__"}
+    for block in blocks:
+        exec(compile(block, "docs/diagnostics.md:arviz1", "exec"), namespace)  # noqa: S102
+    assert isinstance(namespace["idata"], arviz_compat.InferenceData)

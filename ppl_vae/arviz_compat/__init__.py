@@ -25,33 +25,15 @@ import pandas as pd
 GENERATION = 0 if version("arviz").startswith("0.") else 1
 
 if GENERATION == 0:
-    from ._arviz0 import (
-        InferenceData,
-        combine,
-        dataset,
-        groups,
-        load,
-        plot_density,
-        plot_khat,
-        plot_posterior,
-        plot_ppc,
-        psislw,
-        raw_summary,
-    )
+    from . import _arviz0 as _native
 else:
-    from ._arviz1 import (
-        InferenceData,
-        combine,
-        dataset,
-        groups,
-        load,
-        plot_density,
-        plot_khat,
-        plot_posterior,
-        plot_ppc,
-        psislw,
-        raw_summary,
-    )
+    from . import _arviz1 as _native
+
+InferenceData = _native.InferenceData
+dataset, combine, groups, load = _native.dataset, _native.combine, _native.groups, _native.load
+psislw, raw_summary = _native.psislw, _native.raw_summary
+plot_posterior, plot_ppc, plot_khat = _native.plot_posterior, _native.plot_ppc, _native.plot_khat
+plot_density = _native.plot_density
 
 __all__ = [
     "GENERATION",

@@ -134,13 +134,21 @@ def plot_khat(khat: np.ndarray) -> Figure:
 
 
 def plot_density(idata: Sequence[xr.DataTree], labels: Sequence[str], var_names, coords):
-    """``arviz_plots.plot_dist`` of several objects overlaid (one colour per label), one panel
-    per element; ``coords`` selects elements (e.g. ``{"obs": [0, 1]}``). Returns the axes."""
+    """``arviz_plots.plot_dist`` of several objects overlaid (one colour per label, legend), one
+    panel per element; ``coords`` selects elements (e.g. ``{"obs": [0, 1]}``). Returns the axes."""
     with _quiet():
         plot = arviz_plots.plot_dist(
             dict(zip(labels, idata, strict=True)),
             var_names=list(var_names),
             coords={k: list(v) for k, v in coords.items()},
             kind="kde",
+            # densities only, as az.plot_density draws them: with unequal draw counts
+            # arviz_plots pads the shorter posterior with NaN, which its intervals do not skip
+            visuals={
+                "credible_interval": False,
+                "point_estimate": False,
+                "point_estimate_text": False,
+            },
         )
+        plot.add_legend("model")
     return np.asarray(_figure(plot).axes)
