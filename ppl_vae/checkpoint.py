@@ -66,7 +66,7 @@ def fingerprint(layout: PairTraces, data: Array, **settings) -> dict:
         for name, site in trace.nodes.items()
         if is_latent(site) or is_observed(site)
     }
-    head = take(data, torch.arange(min(_DIGEST_ROWS, data.shape[0]))).contiguous()
+    head = take(data, torch.arange(min(_DIGEST_ROWS, data.shape[0]))).cpu().contiguous()
     return {
         "params": {name: list(p.shape) for name, p in store.named_parameters()},
         "sites": sites,

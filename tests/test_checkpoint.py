@@ -17,6 +17,7 @@ from pyro.distributions import constraints
 import ppl_vae
 from models import linear_gaussian
 from ppl_vae.checkpoint import FILENAME, read_checkpoint
+from tests.conftest import requires_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ["step", "epoch", "elbo", "beta"]  # time_s continues from the checkpoint instead
@@ -314,3 +315,18 @@ def test_the_checkpoint_holds_tensors_numbers_and_names(tmp_path):
         "model:x": normal,
         "guide:z": normal,
     }
+
+
+@requires_cuda
+def test_resume_on_cuda_continues_the_run(tmp_path):
+    """On a GPU: data and parameters on the device, the data digest taken on the host; the
+    resumed run matches the uninterrupted one (to float tolerance: CUDA kernels need not be
+    deterministic)."""
+    x = _data().cuda()
+    whole = _fit(x=x, device="cuda")
+    _fit(x=x, device="cuda", checkpoint_dir=tmp_path, checkpoint_every=3,
+         callback=lambda i: i.step == 7)  # fmt: skip
+    resumed = _fit(x=x, device="cuda", checkpoint_dir=tmp_path, resume=True)
+    assert resumed.history["step"].tolist() == list(range(1, STEPS + 1))
+    for name, value in whole.params.items():
+        assert torch.allclose(resumed.params[name], value, rtol=1e-5, atol=1e-6), name
