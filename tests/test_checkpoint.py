@@ -254,6 +254,7 @@ class _RunsCode:
         return (os.system, (f"touch {_RunsCode.marker}",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
 @pytest.mark.parametrize("writer", ["torch.save", "pickle"])
 def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(tmp_path, writer):
     marker = tmp_path / "marker"
