@@ -1,11 +1,12 @@
 """Data-parallel SVI: 1 against 2 processes (torchrun, gloo on CPU) on the MNIST-size model.
 
 Each run is ``python -m torch.distributed.run --standalone --nproc_per_node P -m
-benchmarks.dataparallel OUT STEPS``: every rank trains the MNIST-size Bernoulli VAE with
-``ppl_vae.fit`` on the same synthetic data and the same global batch of 128 rows (128 / P per
-rank); rank 0 writes the training time (``fit``'s own clock, launch and set-up excluded) and,
-with P > 1, the measured time of one all-reduce of the gradient buffer. Repeats alternate
-P = 1 and P = 2.
+benchmarks.dataparallel OUT STEPS BATCH``: every rank trains the MNIST-size Bernoulli VAE with
+``ppl_vae.fit`` on the same synthetic data with the global batch BATCH (128 or 1024 rows,
+split over the P ranks). Rank 0 writes the training time of the steps after the first
+``WARMUP`` (a fresh process's first steps pay one-off costs; launch and set-up are excluded
+too) and, with P > 1, the measured time of one all-reduce of the gradient buffer. The runs'
+order is reversed every other repeat.
 """
 
 from __future__ import annotations
@@ -19,29 +20,28 @@ from pathlib import Path
 
 import pandas as pd
 
+from ppl_vae.distributed import torchrun_command
+
 from .steps import CONFIGS, data_for, fresh_pair
 
 CONFIG = CONFIGS[1]
+WARMUP = 10
 
 
-def measure(steps: int, repeats: int, processes: tuple[int, ...] = (1, 2)) -> pd.DataFrame:
-    """One row per run: processes, steps/s, samples/s, parameter count, all-reduce time."""
+# (processes, global batch): each global batch on 1 and 2 processes, and one rank's share
+# of it on 1 process (that rank's computation without communication)
+RUNS = ((1, 128), (2, 128), (1, 64), (1, 1024), (2, 1024), (1, 512))
+
+
+def measure(steps: int, repeats: int) -> pd.DataFrame:
+    """One row per run: steps/s, samples/s, parameter count, all-reduce time."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="ppl_vae_ddp_") as directory:
         for repeat in range(repeats):
-            for nproc in processes if repeat % 2 == 0 else processes[::-1]:
-                out = Path(directory) / f"{repeat}-{nproc}.json"
-                command = [
-                    sys.executable,
-                    "-m",
-                    "torch.distributed.run",
-                    "--standalone",
-                    f"--nproc_per_node={nproc}",
-                    "-m",
-                    "benchmarks.dataparallel",
-                    str(out),
-                    str(steps),
-                ]
+            for nproc, batch in RUNS if repeat % 2 == 0 else RUNS[::-1]:
+                out = Path(directory) / f"{repeat}-{nproc}-{batch}.json"
+                argv = [str(out), str(steps), str(batch)]
+                command = torchrun_command(nproc, "benchmarks.dataparallel", argv)
                 done = subprocess.run(command, capture_output=True, text=True, timeout=900)
                 if done.returncode:
                     raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
@@ -50,17 +50,19 @@ def measure(steps: int, repeats: int, processes: tuple[int, ...] = (1, 2)) -> pd
 
 
 def efficiency(runs: pd.DataFrame) -> pd.DataFrame:
-    """Median steps/s per process count; speed-up and efficiency (speed-up / P) against P=1."""
-    medians = runs.groupby("processes").median(numeric_only=True)
-    single = medians.loc[1, "steps_s"]
-    table = medians[["steps_s", "samples_s", "num_params", "allreduce_ms"]].copy()
-    table["speedup"] = table["steps_s"] / single
-    table["efficiency"] = table["speedup"] / table.index
+    """Median steps/s per (processes, batch); speed-up over 1 process with the same global
+    batch and efficiency = speed-up / processes."""
+    keys = ["processes", "batch_size"]
+    table = runs.groupby(keys, sort=False).median(numeric_only=True).reset_index()
+    table = table[[*keys, "steps_s", "samples_s", "num_params", "allreduce_ms"]]
+    single = table[table["processes"] == 1].set_index("batch_size")["steps_s"]
+    table["speedup"] = table["steps_s"] / table["batch_size"].map(single)
+    table["efficiency"] = table["speedup"] / table["processes"]
     table["allreduce_mb"] = (table["num_params"] + 1) * 4 / 2**20
-    return table.reset_index()
+    return table
 
 
-def _worker(out: str, steps: int) -> None:
+def _worker(out: str, steps: int, batch_size: int) -> None:
     import torch
     import torch.distributed as dist
 
@@ -71,10 +73,18 @@ def _worker(out: str, steps: int) -> None:
     group = init_from_env()
     pair = fresh_pair(CONFIG)
     data = data_for(CONFIG)
+    marks = []  # the clock after every step; the first WARMUP steps are not counted
     result = ppl_vae.fit(
-        pair.model, pair.guide, data, num_steps=steps, batch_size=CONFIG.batch_size, seed=0
+        pair.model,
+        pair.guide,
+        data,
+        num_steps=steps,
+        batch_size=batch_size,
+        seed=0,
+        callback=lambda info: marks.append(time.perf_counter()),
     )
-    seconds = float(result.history["time_s"].iloc[-1])
+    steps -= WARMUP
+    seconds = marks[-1] - marks[WARMUP - 1]
     num_params = sum(p.numel() for p in result.params.values())
     allreduce_ms = float("nan")
     if group.size > 1:
@@ -89,7 +99,8 @@ def _worker(out: str, steps: int) -> None:
             "steps": steps,
             "seconds": seconds,
             "steps_s": steps / seconds,
-            "samples_s": steps * CONFIG.batch_size / seconds,
+            "batch_size": batch_size,
+            "samples_s": steps * batch_size / seconds,
             "num_params": num_params,
             "allreduce_ms": allreduce_ms,
         }
@@ -99,4 +110,4 @@ def _worker(out: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], int(sys.argv[2]))
+    _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))

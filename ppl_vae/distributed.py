@@ -149,17 +149,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     """
     if nproc < 1:
         raise PplVaeError(f"--nproc must be a positive integer, not {nproc}")
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "--tee=3",
-        "-m",
-        "ppl_vae",
-        *_without_nproc(argv),
-    ]
+    command = torchrun_command(nproc, "ppl_vae", _without_nproc(argv), tee=True)
     status = subprocess.run(command, check=False).returncode
     if status != 0:
         raise PplVaeError(
@@ -167,6 +157,13 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
             f"{status}); the failing rank's error is printed above, prefixed with its rank"
         )
     return 0
+
+
+def torchrun_command(nproc: int, module: str, argv: Sequence[str], tee: bool = False) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc_per_node P -m MODULE ARGV``:
+    ``nproc`` processes on this machine (``tee``: rank-prefixed output of every rank)."""
+    options = ["--standalone", f"--nproc_per_node={nproc}", *(["--tee=3"] if tee else [])]
+    return [sys.executable, "-m", "torch.distributed.run", *options, "-m", module, *argv]
 
 
 def _without_nproc(argv: Sequence[str]) -> list[str]:
