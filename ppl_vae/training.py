@@ -165,6 +165,8 @@ def fit(
         guide = distributed.shard_scaled(guide, group, layout.data_dim)
 
     elbo = make_elbo(estimator, num_particles, layout.max_plate_nesting, jit=jit)
+    if jit:
+        _compile(elbo, model, guide, take(array, torch.arange(batch_size // group.size)), device)
     beta = LatentScale()
     if kl_warmup:
         model, guide = anneal(model, beta), anneal(guide, beta)
@@ -183,7 +185,7 @@ def fit(
         if group.size > 1:
             raise PplVaeError("checkpoints need a single process; drop checkpoint_dir or nproc")
         settings = dict(estimator=estimator, batch_size=batch_size, num_particles=num_particles,
-                        seed=seed, kl_warmup=kl_warmup, lr=lr, clip_norm=clip_norm)
+                        seed=seed, kl_warmup=kl_warmup, lr=lr, clip_norm=clip_norm, jit=jit)
         where = fingerprint(layout, array, **settings)
         rows, elapsed, permutation = saver.restore(where, optim, order, num_steps)
     quiet = not progress or group.rank > 0
@@ -257,6 +259,19 @@ def _probe(model, guide, array, batch_size: int, device: torch.device) -> PairTr
         for _, unconstrained in pyro.get_param_store().named_parameters():
             unconstrained.data = unconstrained.data.to(device)
     return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
+
+
+def _compile(elbo, model, guide, x: torch.Tensor, device: torch.device) -> None:
+    """Trace a JIT ELBO before training, outside the random streams, zeroing its gradients.
+
+    Tracing runs the pair twice more than a step does; done inside step 1 it would shift every
+    later draw, and a resumed run (tracing at its first step) would draw other numbers than the
+    uninterrupted one.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        elbo.loss_and_grads(model, guide, x.to(device))
+    pyro.infer.util.zero_grads([p for _, p in pyro.get_param_store().named_parameters()])
 
 
 def _svi_step(elbo, optim, model, guide, x, group: distributed.World) -> tuple[float, bool]:

@@ -89,6 +89,16 @@ def test_resume_after_a_stop_is_the_uninterrupted_run(tmp_path, uninterrupted):
     assert read_checkpoint(tmp_path / FILENAME)["step"] == STEPS
 
 
+def test_resume_of_a_compiled_elbo_is_exact(tmp_path):
+    """jit=True traces the ELBO before training, outside the random streams, so a resumed
+    compiled run draws what the uninterrupted one drew; resuming it eagerly is refused."""
+    whole = _fit(jit=True)
+    _fit(jit=True, checkpoint_dir=tmp_path, checkpoint_every=3, callback=lambda i: i.step == 7)
+    _assert_same_run(_fit(jit=True, checkpoint_dir=tmp_path, resume=True), whole)
+    with pytest.raises(ppl_vae.CheckpointError, match=r"different jit \(True in the checkpoint"):
+        _fit(checkpoint_dir=tmp_path, resume=True)
+
+
 def test_resume_can_extend_a_finished_run(tmp_path):
     """A finished run resumed with more steps is the longer run, bitwise."""
     _fit(checkpoint_dir=tmp_path, checkpoint_every=5)
