@@ -1,12 +1,13 @@
 """``make bench`` = ``python -m benchmarks.run [--full] [--only SECTION ...]``.
 
-Sections (each writes ``benchmarks/results/SECTION.csv``; all print markdown tables, also
-written to ``benchmarks/results/tables.md``):
+Sections (each writes ``benchmarks/results/SECTION*.csv``; all print markdown tables, also
+written to ``benchmarks/results/tables.md``, or ``tables-SECTION.md`` with ``--only``):
 
 - ``steps``: training steps/s of hand-written PyTorch, bare Pyro (eager and JIT) and
   ``ppl_vae.fit``, both estimators, digits-size and MNIST-size models, interleaved repeats,
   ratios with min/median/max (``steps.csv``, ``steps_ratios.csv``) and peak RSS per
   contender in a fresh process (``memory.csv``);
+- ``profile``: where a ``fit`` step's time goes (cProfile, digits-size model);
 - ``vectorized``: ``log_likelihood`` (K = 1000, digits test split) and the gradient draws of
   the gradient-variance measurement against naive per-sample loops;
 - ``memmap``: training on a memory-mapped 4 GiB ``.npy`` file, peak RSS by ``/usr/bin/time -v``
@@ -30,19 +31,23 @@ import pandas as pd
 import torch
 
 from . import dataparallel, memmap, steps, vectorized
+from .profile import profile
 from .rss import peak_rss_mib
+from .tables import markdown
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("steps", "vectorized", "memmap", "dataparallel")
+SECTIONS = ("steps", "profile", "vectorized", "memmap", "dataparallel")
 
 QUICK = {
     "steps": {"digits": 300, "mnist": 100, "repeats": 3, "memory_steps": 50},
+    "profile": {"steps": 400},
     "vectorized": {"repeats": 3},
     "memmap": {"gigabytes": 4.0, "steps": 200},
     "dataparallel": {"steps": 100, "repeats": 3},
 }
 FULL = {
     "steps": {"digits": 1000, "mnist": 300, "repeats": 5, "memory_steps": 200},
+    "profile": {"steps": 1000},
     "vectorized": {"repeats": 5},
     "memmap": {"gigabytes": 4.0, "steps": 1000},
     "dataparallel": {"steps": 300, "repeats": 5},
@@ -68,18 +73,6 @@ def machine() -> str:
         f"Python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}; "
         f"torch threads per process: 1; CUDA: {'yes' if torch.cuda.is_available() else 'none'}"
     )
-
-
-def markdown(frame: pd.DataFrame) -> str:
-    """A pipe table; floats to 3 significant digits."""
-
-    def cell(value) -> str:
-        return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
-    lines.append("|" + "---|" * len(frame.columns))
-    lines += ["| " + " | ".join(map(cell, row)) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
 
 
 def run_steps(settings: dict) -> dict[str, pd.DataFrame]:
@@ -115,6 +108,10 @@ def memory(n: int) -> pd.DataFrame:
     return frame
 
 
+def run_profile(settings: dict) -> dict[str, pd.DataFrame]:
+    return {f"profile_{e}": profile(settings["steps"], e) for e in ("sampled", "analytic")}
+
+
 def run_vectorized(settings: dict) -> dict[str, pd.DataFrame]:
     timings = vectorized.measure(settings["repeats"])
     return {"vectorized": timings, "vectorized_speedups": vectorized.speedups(timings)}
@@ -131,6 +128,7 @@ def run_dataparallel(settings: dict) -> dict[str, pd.DataFrame]:
 
 RUNNERS = {
     "steps": run_steps,
+    "profile": run_profile,
     "vectorized": run_vectorized,
     "memmap": run_memmap,
     "dataparallel": run_dataparallel,
@@ -155,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             frame.to_csv(RESULTS / f"{name}.csv", index=False)
             lines += [f"### {name}", "", markdown(frame), ""]
     text = "\n".join(lines)
-    (RESULTS / "tables.md").write_text(text)
+    name = "tables" if args.only == list(SECTIONS) else "-".join(["tables", *args.only])
+    (RESULTS / f"{name}.md").write_text(text)
     print(text)
     return 0
 
