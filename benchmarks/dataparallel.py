@@ -50,14 +50,19 @@ def measure(steps: int, repeats: int) -> pd.DataFrame:
 
 
 def efficiency(runs: pd.DataFrame) -> pd.DataFrame:
-    """Median steps/s per (processes, batch); speed-up over 1 process with the same global
-    batch and efficiency = speed-up / processes."""
+    """Per (processes, global batch): median steps/s and samples/s; the speed-up over 1 process
+    with the same global batch taken within each repeat (min/median/max); efficiency = median
+    speed-up / processes."""
     keys = ["processes", "batch_size"]
-    table = runs.groupby(keys, sort=False).median(numeric_only=True).reset_index()
-    table = table[[*keys, "steps_s", "samples_s", "num_params", "allreduce_ms"]]
-    single = table[table["processes"] == 1].set_index("batch_size")["steps_s"]
-    table["speedup"] = table["steps_s"] / table["batch_size"].map(single)
-    table["efficiency"] = table["speedup"] / table["processes"]
+    single = runs[runs["processes"] == 1].set_index(["repeat", "batch_size"])["steps_s"]
+    runs = runs.assign(
+        speedup=runs["steps_s"] / runs.set_index(["repeat", "batch_size"]).index.map(single)
+    )
+    grouped = runs.groupby(keys, sort=False)
+    table = grouped[["steps_s", "samples_s", "num_params", "allreduce_ms"]].median()
+    table = table.join(grouped["speedup"].agg(["min", "median", "max"]).add_prefix("speedup_"))
+    table = table.reset_index()
+    table["efficiency"] = table["speedup_median"] / table["processes"]
     table["allreduce_mb"] = (table["num_params"] + 1) * 4 / 2**20
     return table
 
