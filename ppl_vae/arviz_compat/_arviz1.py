@@ -101,19 +101,26 @@ def plot_posterior(idata: xr.DataTree, var_names: Sequence[str], coords: Mapping
     with _quiet():
         return _figure(
             arviz_plots.plot_dist(
-                idata, var_names=list(var_names), coords={k: list(v) for k, v in coords.items()}
+                idata,
+                var_names=list(var_names),
+                coords={k: list(v) for k, v in coords.items()},
+                figure_kwargs={"layout": "constrained"},  # titles clear of the row above
             )
         )
 
 
 def plot_ppc(idata: xr.DataTree, num_pp_samples: int = 50) -> Figure:
-    """``arviz_plots.plot_ppc_dist``: observed data against at most ``num_pp_samples``
-    replicated sets (arviz_plots picks them with its own fixed seed)."""
+    """``arviz_plots.plot_ppc_dist``: histograms of the observed data against at most
+    ``num_pp_samples`` replicated sets (arviz_plots picks them with its own fixed seed).
+
+    Histograms, not the default KDE: a KDE smears binarized pixels (0/1) over [0, 1] and hides
+    the observed share of ones, which the histogram shows next to the replicated shares.
+    """
     sizes = idata["posterior_predictive"].sizes
     with _quiet():
         return _figure(
             arviz_plots.plot_ppc_dist(
-                idata, num_samples=min(num_pp_samples, sizes["chain"] * sizes["draw"])
+                idata, num_samples=min(num_pp_samples, sizes["chain"] * sizes["draw"]), kind="hist"
             )
         )
 
@@ -128,7 +135,9 @@ def plot_khat(khat: np.ndarray) -> Figure:
     with _quiet():
         return _figure(
             arviz_plots.plot_khat(
-                types.SimpleNamespace(pareto_k=pareto_k), hline_values=[0.5, 0.7, 1.0]
+                types.SimpleNamespace(pareto_k=pareto_k),
+                hline_values=[0.5, 0.7, 1.0],
+                visuals={"hlines": {}},
             )
         )
 
