@@ -43,7 +43,7 @@ QUICK = {
     "profile": {"steps": 400},
     "vectorized": {"repeats": 3},
     "memmap": {"gigabytes": 4.0, "steps": 200},
-    "dataparallel": {"steps": 100, "repeats": 3},
+    "dataparallel": {"steps": 60, "repeats": 3},
 }
 FULL = {
     "steps": {"digits": 1000, "mnist": 300, "repeats": 5, "memory_steps": 200},
