@@ -26,6 +26,9 @@ parameters, and these are measured (definitions in docs/estimators.md):
    seed, with a 95% Student-t interval over seeds.
 6. *Sites*: which latent sites got a closed-form KL under each estimator.
 
+Besides ``"sampled"`` and ``"analytic"``, the optional rows ``"stl"`` and ``"iwae"`` (K =
+``iwae_particles`` per training step and per measured draw) can be added to ``estimators``.
+
 Initial parameters. Seed ``s`` fixes them: Pyro's RNGs are seeded with ``s``, every module in
 ``modules`` is re-initialized with its layers' ``reset_parameters()``, and every parameter the
 pair creates itself on its first run (``pyro.param`` with an initial value, ``pyro.module``
@@ -152,6 +155,7 @@ def compare_estimators(
     batch_size: int = 128,
     lr: float = 1e-3,
     num_draws: int = 100,
+    iwae_particles: int = 5,
     num_checkpoints: int = 5,
     num_evals: int = 20,
     eval_particles: int = 10,
@@ -174,6 +178,8 @@ def compare_estimators(
             doc), minibatch order and Monte Carlo draws.
         num_steps, batch_size, lr: as for :func:`~ppl_vae.fit` (Adam).
         num_draws: R draws for estimate and gradient variance at each checkpoint (≥ 2).
+        iwae_particles: K of the ``"iwae"`` estimator (≥ 2): its particles per training step
+            and per measured draw; the other estimators train with one particle per step.
         num_checkpoints: checkpoints after initialization, log-spaced up to ``num_steps``.
         num_evals, eval_particles: held-out ELBO at this many steps, with this many particles.
         final_particles, ll_samples: particles of the final held-out ELBO and IWAE bound.
@@ -193,6 +199,7 @@ def compare_estimators(
         num_steps=(num_steps, 1),
         batch_size=(batch_size, 1),
         num_draws=(num_draws, 2),
+        iwae_particles=(iwae_particles, 2),
         num_checkpoints=(num_checkpoints, 0),
         num_evals=(num_evals, 1),
         eval_particles=(eval_particles, 1),
@@ -209,7 +216,9 @@ def compare_estimators(
     evals = {int(s) for s in np.linspace(0, num_steps, num_evals + 1).round()}
     device = torch.device(device)
     options = dict(num_steps=num_steps, batch_size=batch_size, lr=lr, device=device)
-    measures = dict(num_draws=num_draws, eval_particles=eval_particles)
+    measures = dict(
+        num_draws=num_draws, eval_particles=eval_particles, iwae_particles=iwae_particles
+    )
     bar = tqdm(
         total=len(seeds) * len(estimators) * num_steps,
         disable=not progress,
@@ -234,6 +243,7 @@ def compare_estimators(
     settings |= {
         "learning_rate": lr,
         "num_draws": num_draws,
+        "iwae_particles": iwae_particles,
         "checkpoints": checkpoints,
         "eval_particles": eval_particles,
         "final_particles": final_particles,
@@ -342,18 +352,23 @@ class _Run:
         self.model, self.guide = model, guide
         self.estimator, self.seed, self.estimators = estimator, seed, estimators
         self.probe = probe
+        self.particles = 1  # per training step; K for "iwae" (set by ``train``)
         self.gradients: list[pd.DataFrame] = []
         self.draws: list[pd.DataFrame] = []
         self.test_elbo: dict[int, float] = {}
         self.final: dict[str, float] = {}
 
-    def measure(self, step: int, num_draws: int) -> None:
+    def measure(self, step: int, measures: dict) -> None:
         """Estimate and gradient variance on the probe minibatch at the current parameters."""
         x = self.probe.to(param_device())
-        seed = self.seed * 1_000_003 + step
         tags = {"run": self.estimator, "seed": self.seed, "step": step}
-        grads = gradient_variance(self.model, self.guide, x, self.estimators, num_draws, seed=seed)
-        draws = estimate_draws(self.model, self.guide, x, self.estimators, num_draws, seed=seed)
+        how = dict(
+            num_draws=measures["num_draws"],
+            iwae_particles=measures["iwae_particles"],
+            seed=self.seed * 1_000_003 + step,
+        )
+        grads = gradient_variance(self.model, self.guide, x, self.estimators, **how)
+        draws = estimate_draws(self.model, self.guide, x, self.estimators, **how)
         self.gradients.append(grads.assign(**tags))
         self.draws.append(draws.assign(**tags))
 
@@ -364,13 +379,14 @@ class _Run:
         self.test_elbo[step] = float(terms["elbo"].mean())
 
     def train(self, array, held_out, options, measures, checkpoints, evals, bar) -> None:
-        num_draws, particles = measures["num_draws"], measures["eval_particles"]
-        self.measure(0, num_draws)
+        particles = measures["eval_particles"]
+        self.particles = measures["iwae_particles"] if self.estimator == "iwae" else 1
+        self.measure(0, measures)
         self.evaluate(0, held_out, particles)
 
         def callback(info) -> None:
             if info.step in checkpoints:
-                self.measure(info.step, num_draws)
+                self.measure(info.step, measures)
             if info.step in evals:
                 self.evaluate(info.step, held_out, particles)
             bar.update()
@@ -381,6 +397,7 @@ class _Run:
             array,
             estimator=self.estimator,
             seed=self.seed,
+            num_particles=self.particles,
             callback=callback,
             **options,
         )
@@ -412,7 +429,7 @@ class _Run:
         """Memory of one loss-and-gradient pass on the probe minibatch (module doc, item 4)."""
         x = self.probe.to(param_device())
         layout = run_pair(self.model, self.guide, x)
-        elbo = make_elbo(self.estimator, 1, layout.max_plate_nesting)
+        elbo = make_elbo(self.estimator, self.particles, layout.max_plate_nesting)
         params = {p.data_ptr() for _, p in pyro.get_param_store().named_parameters()}
         saved: dict[int, int] = {}
 

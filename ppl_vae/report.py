@@ -180,7 +180,11 @@ def _variance_findings(comparison: Comparison) -> list[str]:
     if "sampled" not in comparison.settings["estimators"]:
         return []
     found = []
+    k = comparison.settings.get("iwae_particles")
     for other in (e for e in comparison.settings["estimators"] if e != "sampled"):
+        per_draw = (
+            f" (a draw of iwae is K = {k} particles, of sampled one)" if other == "iwae" else ""
+        )
         g = _at_same_params(comparison.gradients, other)
         if g.empty:
             continue
@@ -196,6 +200,7 @@ def _variance_findings(comparison: Comparison) -> list[str]:
             found.append(
                 f"Encoder gradient variance, sampled ÷ {other}, at the same parameters: "
                 + " and ".join(ratios)
+                + per_draw
                 + "."
             )
         e = _at_same_params(comparison.estimates, other, value="elbo_sd")
@@ -210,13 +215,18 @@ def _variance_findings(comparison: Comparison) -> list[str]:
             if ratio <= 1:
                 found.append(
                     f"At {at}, {other} removed {100 * (1 - ratio):.0f}% of the variance of "
-                    "the sampled ELBO estimate on the probe minibatch."
+                    f"the sampled ELBO estimate on the probe minibatch{per_draw}."
                 )
             else:
+                why = (
+                    ": the sampled KL term's noise cancelled part of the reconstruction term's "
+                    "(see docs/estimators.md)"
+                    if other == "analytic"
+                    else per_draw
+                )
                 found.append(
                     f"At {at}, {other}'s ELBO estimate had {ratio:.2f}× the variance of the "
-                    "sampled one: the sampled KL term's noise cancelled part of the "
-                    "reconstruction term's (see docs/estimators.md)."
+                    f"sampled one{why}."
                 )
     return found
 

@@ -40,6 +40,11 @@ def is_observed(site: dict) -> bool:
     )
 
 
+def in_data_plate(site: dict, data_dim: int) -> bool:
+    """Whether ``site`` lies inside the vectorized plate over the minibatch (at ``data_dim``)."""
+    return any(f.vectorized and f.dim == data_dim for f in site["cond_indep_stack"])
+
+
 def latent_names(trace: Trace) -> list[str]:
     return [name for name, site in trace.nodes.items() if is_latent(site)]
 

@@ -11,6 +11,10 @@ under every estimator *with the same draw* (a paired comparison):
 - ``"analytic"`` (``TraceMeanField_ELBO``): the same with the KL term replaced by
   :math:`\mathrm{KL}(q(z|x_n)\,\|\,p(z))` in closed form where one is registered, so that term
   has zero variance given :math:`x`.
+- ``"iwae"`` (``RenyiELBO(alpha=0)``, Burda et al. 2016): one draw is K = ``iwae_particles``
+  particles, :math:`\hat{\mathcal L}^{(r)}_K = \frac1N\sum_n \log \frac1K \sum_k
+  p(x_n, z^{(r,k)}_n) / q(z^{(r,k)}_n|x_n)`; its first particle is the one the single-particle
+  estimators score, so the comparison stays paired. It has no KL term (reported as NaN).
 
 :func:`estimate_draws` returns the per-draw ELBO and KL term (per datapoint). Their standard
 deviation over draws is the estimator's noise at these parameters.
@@ -47,7 +51,14 @@ from .errors import EstimatorError
 from .estimators import check_estimator
 from .evaluation import ParticleTerms, particle_terms
 from .rng import seeded
-from .traces import PairTraces, is_latent, per_datapoint, run_pair, with_particles
+from .traces import (
+    PairTraces,
+    in_data_plate,
+    is_latent,
+    per_datapoint,
+    run_pair,
+    with_particles,
+)
 
 ENCODER = "encoder"
 DECODER = "decoder"
@@ -55,20 +66,53 @@ GRADIENT_COLUMNS = ["estimator", "param_group", "variance", "snr", "mean_norm", 
 
 
 def estimator_elbo(
-    terms: ParticleTerms, estimator: str, fixed_log_q: dict[str, torch.Tensor] | None = None
+    terms: ParticleTerms,
+    estimator: str,
+    fixed_log_q: dict[str, torch.Tensor] | None = None,
+    group: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per particle and datapoint: (ELBO, KL term) as ``estimator`` computes them, each (K, N).
+    """Per draw and datapoint: (ELBO, KL term) as ``estimator`` computes them, each (R, N).
+
+    ``terms`` holds R·``group`` particles, draw r owning particles r·group … r·group + group − 1.
+    ``"iwae"`` averages the importance weights of a draw's particles inside the log (its KL
+    term is NaN); the others score the draw's first particle only.
 
     For ``"stl"`` with ``fixed_log_q`` (log q(z̄|x), z̄ = stop_grad(z), per site) the KL term is
     the path-derivative surrogate log q(z|x) − log q(z̄|x) + stop_grad(log q(z̄|x)) − log p(z):
     the sampled value, without the score term's gradient.
     """
-    closed_form = check_estimator(estimator) == "analytic"
-    kls = {site: terms.kl(site, closed_form) for site in terms.log_prior}
+    n = terms.log_likelihood.shape[1]
+    if check_estimator(estimator) == "iwae":
+        log_w = terms.log_weights().reshape(-1, group, n)
+        bound = torch.logsumexp(log_w, dim=1) - math.log(group)
+        return bound, torch.full_like(bound, math.nan)
+    kls = {site: terms.kl(site, estimator == "analytic") for site in terms.log_prior}
     if estimator == "stl" and fixed_log_q is not None:
         kls = {s: kl - fixed_log_q[s] + fixed_log_q[s].detach() for s, kl in kls.items()}
     kl = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
-    return terms.log_likelihood - kl, kl
+    first = slice(None, None, group)  # each draw's first particle
+    return (terms.log_likelihood - kl)[first], kl[first]
+
+
+def particles_per_draw(layout: PairTraces, estimators: Sequence[str], iwae_particles: int) -> int:
+    """K = ``iwae_particles`` when ``"iwae"`` is measured, else 1, after checking that the
+    per-datapoint bound applies: K ≥ 2 and every latent site inside the data plate."""
+    if "iwae" not in estimators:
+        return 1
+    if int(iwae_particles) != iwae_particles or iwae_particles < 2:
+        raise EstimatorError(f"iwae_particles must be an integer >= 2, not {iwae_particles!r}")
+    outside = [
+        name
+        for name, site in layout.model.nodes.items()
+        if is_latent(site) and not in_data_plate(site, layout.data_dim)
+    ]
+    if outside:
+        raise EstimatorError(
+            f"latent site(s) {outside} lie outside the data plate, so the iwae bound is one "
+            "joint weight for the whole minibatch, not a per-datapoint one; measure the other "
+            "estimators on this pair"
+        )
+    return int(iwae_particles)
 
 
 def fixed_log_q(
@@ -101,20 +145,23 @@ def estimate_draws(
     estimators: Sequence[str],
     num_draws: int,
     *,
+    iwae_particles: int = 5,
     seed: int | None = None,
 ) -> pd.DataFrame:
     """``num_draws`` ELBO estimates on minibatch ``x`` at the current parameters.
 
     Returns a long frame: ``estimator``, ``draw``, ``elbo`` and ``kl`` (the minibatch mean per
-    datapoint of one particle's estimate). All estimators score the same draws.
+    datapoint of one draw's estimate; one draw of ``"iwae"`` is ``iwae_particles`` particles).
+    All estimators score the same draws.
     """
     with torch.no_grad(), seeded(seed):
         layout = run_pair(model, guide, x)
+        group = particles_per_draw(layout, estimators, iwae_particles)
     with torch.no_grad(), seeded(seed):
-        terms = particle_terms(model, guide, x, num_draws, layout)
+        terms = particle_terms(model, guide, x, num_draws * group, layout)
         frames = []
         for estimator in estimators:
-            elbo, kl = estimator_elbo(terms, estimator)
+            elbo, kl = estimator_elbo(terms, estimator, group=group)
             frames.append(
                 pd.DataFrame(
                     {
@@ -136,6 +183,7 @@ def gradient_draws(
     num_draws: int,
     *,
     chunk: int = 5,
+    iwae_particles: int = 5,
     seed: int | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Per estimator and parameter name, ``num_draws`` gradients of the minibatch loss.
@@ -150,6 +198,7 @@ def gradient_draws(
     with seeded(seed):
         layout = run_pair(model, guide, x)
     _check_reparameterized(layout)
+    group = particles_per_draw(layout, estimators, iwae_particles)
     with seeded(seed):
         store = pyro.get_param_store()
         names = [n for n, s in layout.guide.nodes.items() if s["type"] == "param"]
@@ -159,9 +208,11 @@ def gradient_draws(
         per_estimator: dict[str, list[list[torch.Tensor]]] = {e: [] for e in estimators}
         for start in range(0, num_draws, chunk):
             m = min(chunk, num_draws - start)
-            terms = particle_terms(model, guide, x, m, layout)
+            terms = particle_terms(model, guide, x, m * group, layout)
             fixed = fixed_log_q(guide, x, terms, layout) if "stl" in estimators else None
-            losses = torch.cat([-estimator_elbo(terms, e, fixed)[0].sum(1) for e in estimators])
+            losses = torch.cat(
+                [-estimator_elbo(terms, e, fixed, group)[0].sum(1) for e in estimators]
+            )
             grads = torch.autograd.grad(
                 losses,
                 params,
@@ -187,6 +238,7 @@ def gradient_variance(
     *,
     groups: dict[str, list[str]] | None = None,
     chunk: int = 5,
+    iwae_particles: int = 5,
     seed: int | None = None,
 ) -> pd.DataFrame:
     """Total gradient variance and SNR per estimator and parameter group (see module doc).
@@ -194,6 +246,7 @@ def gradient_variance(
     Args:
         groups: group name → parameter names; default encoder (φ) and decoder (θ).
         num_draws: R ≥ 2 gradient draws on ``x`` at the current parameters.
+        iwae_particles: K, the particles of one ``"iwae"`` draw.
 
     Returns:
         one row per estimator and group: ``variance`` (tr Cov g, unbiased over draws),
@@ -201,7 +254,16 @@ def gradient_variance(
     """
     if num_draws < 2:
         raise EstimatorError(f"num_draws must be at least 2 for a variance, not {num_draws}")
-    draws = gradient_draws(model, guide, x, estimators, num_draws, chunk=chunk, seed=seed)
+    draws = gradient_draws(
+        model,
+        guide,
+        x,
+        estimators,
+        num_draws,
+        chunk=chunk,
+        iwae_particles=iwae_particles,
+        seed=seed,
+    )
     if groups is None:
         with torch.no_grad(), seeded(seed):
             groups = param_groups(run_pair(model, guide, x))

@@ -248,3 +248,20 @@ def test_stl_rows_share_the_sampled_value_but_not_its_encoder_gradient(binary_da
     assert (decoder["sampled"] - decoder["stl"]).abs().max() < 1e-6 * decoder["sampled"].max()
     encoder = g.xs("encoder", level="param_group")
     assert (encoder["sampled"] != encoder["stl"]).all()
+
+
+def test_comparison_with_an_iwae_row(binary_data):
+    train, test = binary_data
+    c = compare_estimators(
+        *tiny_vae(),
+        train,
+        test,
+        **(TINY | {"seeds": (0,), "estimators": ("sampled", "iwae"), "iwae_particles": 4}),
+    )
+    assert c.settings["iwae_particles"] == 4
+    assert list(c.summary["estimator"]) == ["sampled", "iwae"]
+    assert c.estimates.loc[c.estimates.estimator == "iwae", "kl_mean"].isna().all()
+    # paired draws: at the same parameters the bound with K = 4 beats the one-particle ELBO
+    e = c.estimates.pivot_table(index=["run", "step"], columns="estimator", values="elbo_mean")
+    assert (e["iwae"] > e["sampled"]).all()
+    assert c.differences.loc[0, "estimator"] == "iwae"

@@ -42,6 +42,13 @@ def register(commands) -> None:
         help="draws for estimate and gradient variance at each checkpoint (100)",
     )
     parser.add_argument(
+        "--iwae-particles",
+        type=int,
+        default=5,
+        metavar="K",
+        help="importance samples per datapoint of the iwae estimator, per step and draw (5)",
+    )
+    parser.add_argument(
         "--checkpoints", type=int, default=5, help="log-spaced checkpoints after step 0 (5)"
     )
     parser.add_argument(
@@ -71,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             num_draws=args.draws,
+            iwae_particles=args.iwae_particles,
             num_checkpoints=args.checkpoints,
             ll_samples=args.ll_samples,
             modules=inputs.pair.modules,
