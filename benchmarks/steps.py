@@ -10,13 +10,15 @@ Adam at the same learning rate, one reparameterized particle per step:
   one ``torch.optim.Adam`` over all parameters.
 - ``pyro``: ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO() | TraceMeanField_ELBO())`` and
   ``svi.step(batch)`` over pre-sliced batches: what a Pyro user writes.
-- ``pyro_jit``: the same with ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO`` (compilation in
-  the first step included).
-- ``ppl_vae``: one ``ppl_vae.fit(...)`` call, set-up (validation, probing the pair) included;
-  ``ppl_vae_jit``: the same with ``jit=True`` (sampled estimator only).
+- ``pyro_jit``: the same with ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``.
+- ``ppl_vae``: one ``ppl_vae.fit(...)`` call; ``ppl_vae_jit``: the same with ``jit=True``
+  (sampled estimator only).
 
-Repeats are interleaved (the contenders' order rotates every repeat) so that the load of a
-shared machine hits all three alike; ratios are taken within a repeat.
+Each timing gives steps/s over the steps after the first (``steps_s``: no compilation or
+first-call costs) and end to end (``end_to_end_steps_s``: the first step, and ``fit``'s
+set-up, validation and probing the pair, included). Repeats are interleaved (the contenders'
+order rotates every repeat) so that the load of a shared machine hits all alike; ratios are
+taken within a repeat.
 """
 
 from __future__ import annotations
