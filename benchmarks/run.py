@@ -38,19 +38,18 @@ from .tables import markdown
 RESULTS = Path(__file__).parent / "results"
 SECTIONS = ("steps", "profile", "vectorized", "memmap", "dataparallel")
 
-QUICK = {
-    "steps": {"digits": 300, "mnist": 100, "repeats": 3, "memory_steps": 50},
-    "profile": {"steps": 400},
-    "vectorized": {"repeats": 3},
-    "memmap": {"gigabytes": 4.0, "steps": 200},
-    "dataparallel": {"steps": 60, "repeats": 3},
-}
-FULL = {
-    "steps": {"digits": 1000, "mnist": 300, "repeats": 5, "memory_steps": 200},
-    "profile": {"steps": 1000},
-    "vectorized": {"repeats": 5},
-    "memmap": {"gigabytes": 4.0, "steps": 1000},
-    "dataparallel": {"steps": 300, "repeats": 5},
+# section -> setting -> (quick value, --full value)
+SETTINGS = {
+    "steps": {
+        "digits": (300, 1000),
+        "mnist": (100, 300),
+        "repeats": (3, 5),
+        "memory_steps": (50, 200),
+    },
+    "profile": {"steps": (400, 1000)},
+    "vectorized": {"repeats": (3, 5)},
+    "memmap": {"gigabytes": (4.0, 4.0), "steps": (200, 1000)},
+    "dataparallel": {"steps": (60, 300), "repeats": (3, 5)},
 }
 
 
@@ -141,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    settings = FULL if args.full else QUICK
+    settings = {
+        section: {name: values[args.full] for name, values in options.items()}
+        for section, options in SETTINGS.items()
+    }
     command = "python -m benchmarks.run" + (" --full" if args.full else "")
     if args.only != list(SECTIONS):
         command += " --only " + " ".join(args.only)
