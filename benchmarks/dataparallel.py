@@ -72,7 +72,7 @@ def _worker(out: str, steps: int, batch_size: int) -> None:
     import torch.distributed as dist
 
     import ppl_vae
-    from ppl_vae.distributed import init_from_env
+    from ppl_vae.distributed import init_from_env, leave
 
     torch.set_num_threads(1)
     group = init_from_env()
@@ -110,8 +110,7 @@ def _worker(out: str, steps: int, batch_size: int) -> None:
             "allreduce_ms": allreduce_ms,
         }
         Path(out).write_text(json.dumps(record))
-    if group.size > 1:
-        dist.destroy_process_group()
+    leave()
 
 
 if __name__ == "__main__":

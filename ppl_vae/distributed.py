@@ -71,6 +71,14 @@ def init_from_env(device: str | torch.device = "cpu") -> World:
     return world()
 
 
+def leave() -> None:
+    """Leave the process group together, if one was joined: a barrier, then destroy it (a rank
+    tearing gloo down while another still uses it can abort at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def check_batch(batch_size: int, group: World) -> None:
     """Refuse a global batch that does not split evenly over the processes."""
     if batch_size % group.size:

@@ -7,7 +7,7 @@ import os
 import time
 from pathlib import Path
 
-from ..distributed import init_from_env, launch
+from ..distributed import init_from_env, launch, leave
 from ..errors import CheckpointError
 from ..evaluation import evaluate, log_likelihood
 from ..params import save_params
@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     inputs = load_inputs(args)
     if group.rank > 0:  # only rank 0 writes
         _fit(args, inputs)
+        leave()
         return 0
     model, guide = inputs.pair
     with run_directory(args.out, args.overwrite) as staging:
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             },
         )
     _print_summary(inputs.description, args, result, metrics, seconds)
+    leave()
     return 0
 
 
