@@ -115,7 +115,7 @@ def _gradient_jobs(what: str, x: torch.Tensor, num_draws: int) -> dict:
         )
 
     return {
-        (what, f"{VECTORIZED} (chunk 5, the default)"): vectorized(5),
+        (what, f"{VECTORIZED} (chunk 5)"): vectorized(5),
         (what, f"{VECTORIZED} (chunk 1)"): vectorized(1),
         (what, NAIVE): lambda pair: [
             naive_gradient_draws(pair.model, pair.guide, x, e, num_draws) for e in ESTIMATORS
