@@ -38,6 +38,7 @@ import torch.distributed as dist
 from pyro.poutine.messenger import Messenger
 
 from .errors import PplVaeError
+from .traces import in_data_plate
 
 TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -103,9 +104,7 @@ class _ShardScale(Messenger):
         self.data_dim = data_dim
 
     def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and any(
-            frame.vectorized and frame.dim == self.data_dim for frame in msg["cond_indep_stack"]
-        ):
+        if msg["type"] == "sample" and in_data_plate(msg, self.data_dim):
             msg["scale"] = self.factor * msg["scale"]
 
 

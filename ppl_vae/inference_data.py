@@ -32,7 +32,14 @@ from .evaluation import param_device, particle_terms
 from .params import restore, snapshot
 from .rng import seeded
 from .runs import versions
-from .traces import PairTraces, is_latent, is_observed, run_pair, with_particles
+from .traces import (
+    PairTraces,
+    in_data_plate,
+    is_latent,
+    is_observed,
+    run_pair,
+    with_particles,
+)
 from .training import FitResult
 
 OBS_DIM = "obs"
@@ -112,8 +119,8 @@ def site_dims(name: str, site: dict, data_dim: int) -> list[str]:
     """Dim names of a site's value: ``obs`` for the data plate's axis, else ``{name}_dim_{i}``."""
     shape = site["value"].shape
     batch_ndim = len(shape) - site["fn"].event_dim
-    in_data_plate = any(f.vectorized and f.dim == data_dim for f in site["cond_indep_stack"])
-    data_axis = batch_ndim + data_dim if in_data_plate and batch_ndim >= -data_dim else None
+    inside = in_data_plate(site, data_dim)
+    data_axis = batch_ndim + data_dim if inside and batch_ndim >= -data_dim else None
     others = iter(range(len(shape)))
     return [OBS_DIM if a == data_axis else f"{name}_dim_{next(others)}" for a in range(len(shape))]
 
