@@ -6,7 +6,7 @@ The identity everything rests on (see docs/derivation.md)::
     log p(x) - KL(q(z|x) || p(z|x)) = E_q[log p(x|z)] - KL(q(z|x) || p(z))   (the ELBO)
 """
 
-from . import nets
+from . import nets, optim
 from .checkpoint import read_checkpoint
 from .comparison import Comparison, compare_estimators
 from .data import load_data, train_test_split
@@ -53,6 +53,7 @@ __all__ = [
     "ModelGuidePair",
     "nets",
     "NumericalError",
+    "optim",
     "OutputError",
     "PairError",
     "plot_comparison",

@@ -8,6 +8,12 @@ from collections.abc import Iterator
 import torch
 
 
+def forked() -> contextlib.AbstractContextManager:
+    """A block after which torch's random streams (CPU and every CUDA device) are as before."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=devices)
+
+
 @contextlib.contextmanager
 def seeded(seed: int | None) -> Iterator[None]:
     """Run the block with torch's RNG seeded by ``seed``, restoring the previous state after.
@@ -17,7 +23,6 @@ def seeded(seed: int | None) -> Iterator[None]:
     if seed is None:
         yield
         return
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with forked():
         torch.manual_seed(seed)
         yield

@@ -8,6 +8,7 @@ epoch, with no DataLoader in the way.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from .checkpoint import Checkpointer, fingerprint
 from .data import as_array, check_support, take, validate_data
 from .errors import NumericalError, PplVaeError
 from .estimators import check_estimator, check_fallback, kl_sites, make_elbo
+from .optim import ForeachAdam
+from .rng import forked
 from .traces import PairTraces, is_latent, is_observed, run_pair
 from .warmup import LatentScale, anneal, kl_weight
 
@@ -97,6 +100,7 @@ def fit(
     checkpoint_every: int = 100,
     resume: bool = False,
     jit: bool = False,
+    validate_every_step: bool = False,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` on ``data`` by SVI, in Pyro's global param store.
 
@@ -106,7 +110,9 @@ def fit(
         estimator: ``"sampled"`` (``Trace_ELBO``: KL by Monte Carlo, log q − log p) or
             ``"analytic"`` (``TraceMeanField_ELBO``: closed-form KL where registered).
         num_steps, batch_size, lr: SVI steps, rows per minibatch, Adam's learning rate.
-        optim: any ``pyro.optim`` optimizer instead of ``Adam({"lr": lr})``.
+        optim: any ``pyro.optim`` optimizer instead of the default Adam at ``lr``
+            (:class:`~ppl_vae.optim.ForeachAdam`: the numbers of ``pyro.optim.Adam``, one
+            multi-tensor update for all parameters).
         num_particles: ELBO particles per step, vectorized.
         seed: seeds Pyro's RNGs and the minibatch order; the same seed gives the same run.
         device: where minibatches and parameters live (``"cpu"``, ``"cuda"``).
@@ -122,6 +128,16 @@ def fit(
             checkpoint. A mismatched pair, data or setting is refused, naming what differs.
         jit: compile the ELBO with PyTorch's JIT (``"sampled"`` only, where it measured
             faster; see docs/performance.md); the pair must run the same code every step.
+        validate_every_step: run Pyro's validation (``pyro.enable_validation``, on unless
+            switched off) on every step, not on the first step of the call only. What it
+            checks of site shapes, the model/guide match and the data's support cannot change
+            between steps (the data is checked whole up front); what can, a parameter leaving
+            its support, mostly makes a log-density non-finite, which every step catches before
+            the update (the error then names the parameter by validating that minibatch). A
+            distribution that clamps an invalid parameter instead (Bernoulli ``probs`` outside
+            [0, 1]) trains on silently without this flag: constrain such parameters
+            (``pyro.param(..., constraint=...)``, a sigmoid). Validation cost 7-15% of a step
+            in ``make bench`` (docs/performance.md).
 
     Parameters already in the param store are trained further; call
     ``pyro.clear_param_store()`` first for a fresh start.
@@ -172,7 +188,7 @@ def fit(
         model, guide = anneal(model, beta), anneal(guide, beta)
     if optim is None:
         clip = {"clip_norm": clip_norm} if clip_norm is not None else {}
-        optim = pyro.optim.Adam({"lr": lr}, clip)
+        optim = ForeachAdam({"lr": lr}, clip)
 
     n = array.shape[0]
     batches_per_epoch = n // batch_size
@@ -191,8 +207,9 @@ def fit(
     quiet = not progress or group.rank > 0
     bar = tqdm(total=num_steps, initial=len(rows), disable=quiet, desc=f"fit[{estimator}]",
                unit="step")
+    first = len(rows) + 1
     try:
-        for step in range(len(rows) + 1, num_steps + 1):
+        for step in range(first, num_steps + 1):
             started = time.perf_counter()
             epoch, position = divmod(step - 1, batches_per_epoch)
             if position == 0:
@@ -200,14 +217,20 @@ def fit(
             index = permutation[position * batch_size : (position + 1) * batch_size]
             x = take(array, distributed.shard(index, group)).to(device, non_blocking=True)
             beta.beta = kl_weight(step, kl_warmup)
+            validated = validate_every_step or step == first
             try:
-                loss, grads_finite = _svi_step(elbo, optim, model, guide, x, group)
+                with _validation(validated):
+                    loss, grads_finite = _svi_step(elbo, optim, model, guide, x, group)
             except PplVaeError:
                 raise
-            except ValueError as e:  # Pyro's validation: a parameter left its support
-                raise _numerical_error(step, math.nan, model, guide, x, rows, saver, e) from e
+            except (ValueError, RuntimeError) as e:
+                invalid = e if validated else _validation_error(model, guide, x)
+                if not isinstance(invalid, ValueError):  # not an invalid parameter
+                    raise
+                raise _numerical_error(step, math.nan, model, guide, x, rows, saver, invalid) from e
             if not (grads_finite and math.isfinite(loss)):
-                raise _numerical_error(step, loss, model, guide, x, rows, saver)
+                invalid = None if validated else _validation_error(model, guide, x)
+                raise _numerical_error(step, loss, model, guide, x, rows, saver, invalid)
             value = -loss / batch_size
             elapsed += time.perf_counter() - started
             rows.append((step, epoch, value, beta.beta, elapsed))
@@ -268,10 +291,27 @@ def _compile(elbo, model, guide, x: torch.Tensor, device: torch.device) -> None:
     later draw, and a resumed run (tracing at its first step) would draw other numbers than the
     uninterrupted one.
     """
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
+    with forked():
         elbo.loss_and_grads(model, guide, x.to(device))
     pyro.infer.util.zero_grads([p for _, p in pyro.get_param_store().named_parameters()])
+
+
+def _validation(on: bool):
+    """Pyro's validation as the user set it (``on``), or switched off for this step."""
+    return contextlib.nullcontext() if on else pyro.validation_enabled(False)
+
+
+def _validation_error(model, guide, x: torch.Tensor) -> Exception | None:
+    """The error that running the pair on ``x`` raises under the user's validation setting
+    (a ``ValueError`` naming an invalid parameter), or None; the random streams are untouched.
+    """
+    with forked(), torch.no_grad():
+        try:
+            guide_trace = poutine.trace(guide).get_trace(x)
+            poutine.replay(model, trace=guide_trace)(x)
+        except Exception as e:  # noqa: BLE001 - reported by the caller
+            return e
+    return None
 
 
 def _svi_step(elbo, optim, model, guide, x, group: distributed.World) -> tuple[float, bool]:
@@ -290,16 +330,19 @@ def _svi_step(elbo, optim, model, guide, x, group: distributed.World) -> tuple[f
     finite = not grads or math.isfinite(float(torch.stack(torch._foreach_norm(grads)).sum()))
     if finite and math.isfinite(loss):
         optim(params)
-    pyro.infer.util.zero_grads(params)
+    for p in params:  # freed, not zeroed: the next backward writes instead of accumulating
+        p.grad = None
     return loss, finite
 
 
 def _numerical_error(step, loss, model, guide, x, rows, saver, invalid=None) -> NumericalError:
     """Name the step and the sites whose log-density is non-finite on this minibatch.
 
-    ``invalid`` is the ``ValueError`` of Pyro's validation when a distribution was given an
-    invalid parameter; the sites are then found by running the pair without validation.
+    ``invalid`` is the error of Pyro's validation when a distribution was given an invalid
+    parameter (only a ``ValueError`` is one); the sites are then found by running the pair
+    without validation.
     """
+    invalid = invalid if isinstance(invalid, ValueError) else None
     bad_sites = []
     with torch.no_grad(), pyro.validation_enabled(False):
         try:

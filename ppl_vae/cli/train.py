@@ -54,6 +54,12 @@ def register(commands) -> None:
         "docs/performance.md); refused for the other estimators and with --kl-warmup",
     )
     parser.add_argument(
+        "--validate-every-step",
+        action="store_true",
+        help="run Pyro's validation on every step, not on the first one only (slower; "
+        "catches a parameter that leaves its support without making the loss non-finite)",
+    )
+    parser.add_argument(
         "--nproc",
         type=int,
         default=1,
@@ -113,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 "checkpoint_dir": args.checkpoint_dir,
                 "nproc": group.size,
                 "jit": args.jit,
+                "validate_every_step": args.validate_every_step,
                 "seconds": seconds,
                 "metrics": metrics,
                 "sites": result.sites.to_dict(orient="records"),
@@ -185,6 +192,7 @@ def _fit(args: argparse.Namespace, inputs):
         strict=args.strict,
         progress=not args.no_progress,
         jit=args.jit,
+        validate_every_step=args.validate_every_step,
         **_checkpoint_settings(args),
     )
 
