@@ -96,7 +96,8 @@ def memory(n: int) -> pd.DataFrame:
     rows = []
     for index, config in enumerate(steps.CONFIGS):
         for estimator in ("sampled", "analytic"):
-            for name in ("none", *steps.contenders(estimator)):
+            names = [n for n in steps.contenders(estimator) if n not in steps.ABLATIONS]
+            for name in ("none", *names):
                 command = [sys.executable, "-m", "benchmarks.steps", str(index), estimator, name]
                 peak, _ = peak_rss_mib([*command, str(n)])
                 rows.append((config.name, estimator, name, n, peak))

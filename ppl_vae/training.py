@@ -285,7 +285,7 @@ def _probe(model, guide, array, batch_size: int, device: torch.device) -> PairTr
 
 
 def _compile(elbo, model, guide, x: torch.Tensor, device: torch.device) -> None:
-    """Trace a JIT ELBO before training, outside the random streams, zeroing its gradients.
+    """Trace a JIT ELBO before training, outside the random streams, freeing its gradients.
 
     Tracing runs the pair twice more than a step does; done inside step 1 it would shift every
     later draw, and a resumed run (tracing at its first step) would draw other numbers than the
@@ -293,7 +293,8 @@ def _compile(elbo, model, guide, x: torch.Tensor, device: torch.device) -> None:
     """
     with forked():
         elbo.loss_and_grads(model, guide, x.to(device))
-    pyro.infer.util.zero_grads([p for _, p in pyro.get_param_store().named_parameters()])
+    for _, p in pyro.get_param_store().named_parameters():
+        p.grad = None
 
 
 def _validation(on: bool):
