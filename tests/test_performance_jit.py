@@ -9,30 +9,13 @@ faster is measured by ``make bench`` (docs/performance.md), not here.
 import json
 
 import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 
 import ppl_vae
 from ppl_vae.cli import main
 from ppl_vae.errors import EstimatorError, PplVaeError
-
-
-def delta_pair(x_dim: int):
-    encoder, decoder = torch.nn.Linear(x_dim, 2), torch.nn.Linear(2, x_dim)
-
-    def model(x):
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("encoder", encoder)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Delta(encoder(x), event_dim=1))
-
-    return model, guide
+from tests.pairs import delta_pair
 
 
 def fitted(pair, data, jit: bool, **kwargs) -> ppl_vae.FitResult:

@@ -14,6 +14,7 @@ import ppl_vae
 from models import bernoulli_vae, linear_gaussian, mixture_prior_vae
 from ppl_vae.traces import run_pair
 from ppl_vae.warmup import LatentScale, anneal, kl_weight
+from tests.pairs import drifting_scale_pair
 
 
 @pytest.mark.parametrize("estimator", ["analytic", "sampled"])
@@ -190,17 +191,7 @@ def test_num_particles_are_vectorized_and_reduce_noise(binary_digits):
 def test_numerical_fault_names_the_step_and_site_and_keeps_history():
     """An unconstrained scale that Adam pushes through 0 makes log p(x|z) non-finite."""
     x = 0.01 * torch.randn(64, 1, generator=torch.Generator().manual_seed(0))
-
-    def model(x):
-        scale = pyro.param("scale", torch.tensor(1.0))  # no positivity constraint: a bug
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(0 * z, scale).to_event(1), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
-
+    model, guide = drifting_scale_pair()
     pyro.enable_validation(False)
     with pytest.raises(ppl_vae.NumericalError, match=r"step \d+: non-finite .*'x'.*lower lr"
                        ) as info:

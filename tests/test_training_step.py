@@ -14,7 +14,6 @@ import json
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import pyro.optim
 import pytest
 import torch
@@ -23,6 +22,7 @@ from torch.distributions import constraints
 import ppl_vae
 from ppl_vae.cli import main
 from ppl_vae.optim import ForeachAdam
+from tests.pairs import delta_pair, drifting_scale_pair
 
 STEPS, BATCH, LR = 40, 64, 3e-3
 
@@ -108,31 +108,11 @@ def test_foreach_adam_refuses_what_it_cannot_do():
         ForeachAdam({"lr": 0.1}, {"clip_value": 1.0})
 
 
-def recording_pair(log: list):
-    """A noise-free pair (point-mass guide) whose model records whether validation is on."""
-    decoder = torch.nn.Linear(2, 5)
-    encoder = torch.nn.Linear(5, 2)
-
-    def model(x):
-        log.append(pyro.infer.util.is_validation_enabled())
-        pyro.module("decoder", decoder)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("encoder", encoder)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Delta(encoder(x), event_dim=1))
-
-    return model, guide
-
-
 def recorded_fit(data, **kwargs) -> tuple[list, ppl_vae.FitResult]:
     pyro.clear_param_store()
     torch.manual_seed(0)
     log = []
-    result = ppl_vae.fit(*recording_pair(log), data, num_steps=5, batch_size=16, lr=1e-2,
+    result = ppl_vae.fit(*delta_pair(5, log), data, num_steps=5, batch_size=16, lr=1e-2,
                          **kwargs)
     return log, result
 
@@ -164,22 +144,6 @@ def test_a_resumed_run_validates_its_first_step(gaussian_rows, tmp_path):
     assert log == [True, True, False, False]  # the probe, then steps 3-5
 
 
-def drifting_pair():
-    """A scale parameter without a positivity constraint (a bug) that Adam pushes through 0."""
-
-    def model(x):
-        scale = pyro.param("scale", torch.tensor(1.0))
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(0 * z, scale).to_event(1), obs=x)
-
-    def guide(x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
-
-    return model, guide
-
-
 @pytest.mark.parametrize("every", [False, True])
 def test_a_parameter_leaving_its_support_later_is_named(every):
     """Validated or not at that step, training stops at the same step naming the parameter
@@ -187,7 +151,7 @@ def test_a_parameter_leaving_its_support_later_is_named(every):
     x = 0.01 * torch.randn(64, 1, generator=torch.Generator().manual_seed(0))
     pyro.clear_param_store()
     with pytest.raises(ppl_vae.NumericalError) as info:
-        ppl_vae.fit(*drifting_pair(), x, num_steps=500, batch_size=64, lr=0.5,
+        ppl_vae.fit(*drifting_scale_pair(), x, num_steps=500, batch_size=64, lr=0.5,
                     validate_every_step=every)
     message = str(info.value)
     assert "invalid (Expected parameter scale" in message
@@ -197,7 +161,7 @@ def test_a_parameter_leaving_its_support_later_is_named(every):
     failed_at = int(message.split("step ")[1].split(":")[0])
     pyro.clear_param_store()
     with pytest.raises(ppl_vae.NumericalError, match=f"step {failed_at}:"):
-        ppl_vae.fit(*drifting_pair(), x, num_steps=500, batch_size=64, lr=0.5,
+        ppl_vae.fit(*drifting_scale_pair(), x, num_steps=500, batch_size=64, lr=0.5,
                     validate_every_step=not every)
 
 
@@ -208,7 +172,7 @@ def test_fit_equals_a_bare_svi_loop(gaussian_rows):
     _, result = recorded_fit(gaussian_rows, seed=4)
     pyro.clear_param_store()
     torch.manual_seed(0)
-    model, guide = recording_pair(log)
+    model, guide = delta_pair(5, log)
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 1e-2}), pyro.infer.Trace_ELBO())
     order = torch.Generator().manual_seed(4)
     losses = []
