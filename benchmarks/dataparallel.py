@@ -83,6 +83,9 @@ def efficiency(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _worker(out: str, steps: int, batch_size: int) -> None:
+    import faulthandler
+
+    faulthandler.enable()  # a rank aborting in C++ prints where Python was
     import torch
     import torch.distributed as dist
 
