@@ -26,7 +26,7 @@ from . import distributed
 from . import params as param_io
 from .checkpoint import Checkpointer, fingerprint
 from .data import as_array, check_support, take, validate_data
-from .errors import NumericalError, PplVaeError
+from .errors import NumericalError, PairError, PplVaeError
 from .estimators import check_estimator, check_fallback, kl_sites, make_elbo
 from .optim import ForeachAdam
 from .rng import forked
@@ -302,16 +302,14 @@ def _validation(on: bool):
     return contextlib.nullcontext() if on else pyro.validation_enabled(False)
 
 
-def _validation_error(model, guide, x: torch.Tensor) -> Exception | None:
-    """The error that running the pair on ``x`` raises under the user's validation setting
-    (a ``ValueError`` naming an invalid parameter), or None; the random streams are untouched.
-    """
+def _validation_error(model, guide, x: torch.Tensor) -> ValueError | None:
+    """The ``ValueError`` (an invalid parameter) that running the pair on ``x`` raises under
+    the user's validation setting, or None; the random streams are untouched."""
     with forked(), torch.no_grad():
         try:
-            guide_trace = poutine.trace(guide).get_trace(x)
-            poutine.replay(model, trace=guide_trace)(x)
-        except Exception as e:  # noqa: BLE001 - reported by the caller
-            return e
+            run_pair(model, guide, x)
+        except PairError as e:
+            return e.__cause__ if isinstance(e.__cause__, ValueError) else None
     return None
 
 
@@ -339,11 +337,9 @@ def _svi_step(elbo, optim, model, guide, x, group: distributed.World) -> tuple[f
 def _numerical_error(step, loss, model, guide, x, rows, saver, invalid=None) -> NumericalError:
     """Name the step and the sites whose log-density is non-finite on this minibatch.
 
-    ``invalid`` is the error of Pyro's validation when a distribution was given an invalid
-    parameter (only a ``ValueError`` is one); the sites are then found by running the pair
-    without validation.
+    ``invalid`` is the ``ValueError`` of Pyro's validation when a distribution was given an
+    invalid parameter; the sites are then found by running the pair without validation.
     """
-    invalid = invalid if isinstance(invalid, ValueError) else None
     bad_sites = []
     with torch.no_grad(), pyro.validation_enabled(False):
         try:
