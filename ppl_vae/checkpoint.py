@@ -29,7 +29,7 @@ import pyro
 import torch
 
 from . import params as param_io
-from .data import Array, take
+from .dataset import Dataset
 from .errors import CheckpointError
 from .estimators import dist_name
 from .files import atomic_write
@@ -52,7 +52,7 @@ _KEYS = (
 )
 
 
-def fingerprint(layout: PairTraces, data: Array, **settings) -> dict:
+def fingerprint(layout: PairTraces, data: Dataset, **settings) -> dict:
     """What a checkpoint must agree with to be resumed: pair, data and ``settings``.
 
     The pair is identified by its parameters (names, shapes) and its sample sites (model and
@@ -66,12 +66,15 @@ def fingerprint(layout: PairTraces, data: Array, **settings) -> dict:
         for name, site in trace.nodes.items()
         if is_latent(site) or is_observed(site)
     }
-    head = take(data, torch.arange(min(_DIGEST_ROWS, data.shape[0]))).cpu().contiguous()
+    digest = hashlib.sha256()
+    for tensor in data.head(_DIGEST_ROWS).tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    shapes = {name: list(a.shape) for name, a in data.arrays}
     return {
         "params": {name: list(p.shape) for name, p in store.named_parameters()},
         "sites": sites,
-        "data_shape": list(data.shape),
-        "data_digest": hashlib.sha256(head.numpy().tobytes()).hexdigest(),
+        "data_shape": shapes["arg0"] if data.single is not None else shapes,
+        "data_digest": digest.hexdigest(),
         **settings,
     }
 

@@ -46,9 +46,10 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -59,14 +60,14 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from . import params as param_io
-from .data import as_array, as_tensor, take, validate_data
+from .dataset import as_dataset
 from .errors import OutputError, PplVaeError
 from .estimators import KLFallbackWarning, check_estimator, make_elbo
 from .evaluation import evaluate, log_likelihood, param_device
 from .files import atomic_write_text
 from .runs import read_json, run_directory, versions, write_json
 from .traces import run_pair
-from .training import fit
+from .training import DEFAULT_BATCH_SIZE, fit
 from .variance import estimate_draws, gradient_variance
 
 FORMAT = "ppl_vae.comparison/1"
@@ -152,7 +153,7 @@ def compare_estimators(
     estimators: Sequence[str] = ("sampled", "analytic"),
     seeds: Sequence[int] = (0, 1, 2),
     num_steps: int = 3000,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     lr: float = 1e-3,
     num_draws: int = 100,
     iwae_particles: int = 5,
@@ -165,18 +166,22 @@ def compare_estimators(
     exact_log_likelihood: Callable[[torch.Tensor], torch.Tensor] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> Comparison:
     """Train ``guide`` to ``model`` with each estimator and seed, and measure them side by side.
 
     Args:
         model, guide: a Pyro pair as for :func:`~ppl_vae.fit`.
-        data, test_data: training and held-out rows; without ``test_data`` the "held-out"
+        data, test_data: training and held-out rows (an array, or a tuple or dict of per-row
+            arrays, as for :func:`~ppl_vae.fit`); without ``test_data`` the "held-out"
             numbers are computed on ``data`` (``settings["evaluated_on"]`` says which).
+            Held-out ELBO and log-likelihood are the data set's joint numbers per row
+            (global latents counted once; see docs/pairs.md).
         estimators: names from :data:`~ppl_vae.ESTIMATORS`; the first is the reference of the
             paired differences.
         seeds: one run per estimator and seed; a seed fixes initial parameters (see module
             doc), minibatch order and Monte Carlo draws.
-        num_steps, batch_size, lr: as for :func:`~ppl_vae.fit` (Adam).
+        num_steps, batch_size, lr: as for :func:`~ppl_vae.fit` (Adam; batch 128 or all rows).
         num_draws: R draws for estimate and gradient variance at each checkpoint (≥ 2).
         iwae_particles: K of the ``"iwae"`` estimator (≥ 2): its particles per training step
             and per measured draw; the other estimators train with one particle per step.
@@ -189,10 +194,14 @@ def compare_estimators(
             the model has one; adds the exact gap log p(x) − ELBO.
         device: where training runs.
         progress: show one bar over all runs' steps.
+        model_kwargs: constant keyword arguments passed to model and guide with every call.
 
     Returns:
         a :class:`Comparison`.
     """
+    dataset = as_dataset(data, model_kwargs)
+    if batch_size is None:
+        batch_size = min(DEFAULT_BATCH_SIZE, dataset.rows)
     settings = _check_arguments(
         estimators,
         seeds,
@@ -206,12 +215,11 @@ def compare_estimators(
         final_particles=(final_particles, 2),
         ll_samples=(ll_samples, 1),
     )
-    array = as_array(data)
-    validate_data(array, batch_size)
-    held_out = as_tensor(test_data) if test_data is not None else as_tensor(array)
-    validate_data(held_out)
+    dataset.validate(batch_size)
+    held_out = dataset if test_data is None else as_dataset(test_data, model_kwargs)
+    held_out.validate()
     chooser = torch.Generator().manual_seed(int(seeds[0]))
-    probe = take(array, torch.randperm(array.shape[0], generator=chooser)[:batch_size])
+    probe = dataset.take(torch.randperm(dataset.rows, generator=chooser)[:batch_size])
     checkpoints = _checkpoints(num_steps, num_checkpoints)
     evals = {int(s) for s in np.linspace(0, num_steps, num_evals + 1).round()}
     device = torch.device(device)
@@ -235,7 +243,7 @@ def compare_estimators(
                     param_io.restore(initial)
                     bar.set_description(f"compare[{estimator}, seed {seed}]")
                     run = _Run(model, guide, estimator, int(seed), tuple(estimators), probe)
-                    run.train(array, held_out, options, measures, checkpoints, evals, bar)
+                    run.train(dataset, held_out, options, measures, checkpoints, evals, bar)
                     run.finish(held_out, final_particles, ll_samples, exact_log_likelihood)
                     records.append(run)
     finally:
@@ -251,8 +259,8 @@ def compare_estimators(
         "modules_reinitialized": len(modules),
         "device": str(device),
         "evaluated_on": "test_data" if test_data is not None else "data (no test_data given)",
-        "train_rows": int(array.shape[0]),
-        "eval_rows": int(held_out.shape[0]),
+        "train_rows": dataset.rows,
+        "eval_rows": held_out.rows,
         "exact": exact_log_likelihood is not None,
         "versions": versions(),
     }
@@ -345,6 +353,14 @@ def _initial_parameters(
     return param_io.snapshot()
 
 
+def _joint_se(terms: pd.DataFrame) -> float:
+    """The standard error of the mean row's ELBO: without global latents the rows' draws are
+    independent (their variances add); with them, the joint estimate's own."""
+    if terms.attrs["global_sites"]:
+        return terms.attrs["joint"]["elbo_se"] / len(terms)
+    return float(np.sqrt((terms["elbo_se"] ** 2).sum()) / len(terms))
+
+
 class _Run:
     """One (estimator, seed) training run and everything measured along it."""
 
@@ -376,7 +392,7 @@ class _Run:
         terms = evaluate(
             self.model, self.guide, held_out, particles, seed=self.seed * 1_000_003 + step
         )
-        self.test_elbo[step] = float(terms["elbo"].mean())
+        self.test_elbo[step] = terms.attrs["joint"]["elbo"] / len(terms)
 
     def train(self, array, held_out, options, measures, checkpoints, evals, bar) -> None:
         particles = measures["eval_particles"]
@@ -407,22 +423,22 @@ class _Run:
         x = held_out.to(param_device())
         seed = self.seed * 1_000_003 + self.result.num_steps + 1
         terms = evaluate(self.model, self.guide, x, particles, seed=seed)
-        elbo = float(terms["elbo"].mean())
+        elbo = terms.attrs["joint"]["elbo"] / len(terms)  # the mean row's, globals included
         ll = log_likelihood(self.model, self.guide, x, ll_samples, seed=seed)
         history = self.result.history
         self.final = {
             "test_elbo": elbo,
             # Monte Carlo standard error of the mean over rows (independent draws per row)
-            "test_elbo_se": float(np.sqrt((terms["elbo_se"] ** 2).sum()) / len(terms)),
-            "log_likelihood": float(ll.mean()),
+            "test_elbo_se": _joint_se(terms),
+            "log_likelihood": ll.attrs["joint"] / len(ll),
             "train_elbo": self.result.final_elbo,
             "ms_per_step": 1e3 * float(np.median(np.diff(history["time_s"], prepend=0.0))),
             **self._step_memory(),
             "seconds": float(history["time_s"].iloc[-1]),
         }
-        if exact is not None:
+        if exact is not None and x.single is not None:
             with torch.no_grad():
-                exact_ll = float(exact(x).mean())
+                exact_ll = float(exact(x.single).mean())
             self.final |= {"exact_log_likelihood": exact_ll, "gap": exact_ll - elbo}
 
     def _step_memory(self) -> dict[str, float]:
@@ -447,7 +463,7 @@ class _Run:
             torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
             pyro.poutine.trace(param_only=True) as capture,
         ):
-            elbo.loss_and_grads(self.model, self.guide, x)
+            elbo.loss_and_grads(self.model, self.guide, *x.args, **x.kwargs)
         peak = (torch.cuda.max_memory_allocated(x.device) - base) / 2**20 if cuda else math.nan
         pyro.infer.util.zero_grads(
             {site["value"].unconstrained() for site in capture.trace.nodes.values()}

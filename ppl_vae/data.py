@@ -1,7 +1,8 @@
 """Data: the embedded digits, files, in-memory arrays; validation, splits and minibatches.
 
 Data is a matrix-like array whose first dimension indexes datapoints (the model's data plate).
-In-memory data becomes one float32 tensor; a ``.npy`` file is opened memory-mapped and
+In-memory data becomes a tensor that keeps a floating dtype (float64 stays float64; integers and
+booleans become torch's default dtype); a ``.npy`` file is opened memory-mapped and
 minibatches are read by index, so data larger than memory can be trained on: validation reads
 it in chunks of about 4 MiB, and the pages of a read-only mapping that a read touched are
 dropped from the process's resident set afterwards (they stay in the OS page cache), so peak
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch.distributions import constraints
 
 from .errors import DataError
 
@@ -36,14 +38,15 @@ def load_data(
     Args:
         source: ``"digits"`` (scikit-learn's 8×8 digits, 1,797 images, shipped inside
             scikit-learn, scaled to [0, 1]) or a path to ``.npy`` (memory-mapped),
-            ``.npz`` (its single array, or ``file.npz:key``) or ``.csv`` (numeric columns,
-            header row).
+            ``.npz`` (its single array, or ``file.npz:key``; :func:`load_arrays` reads all of
+            them by name) or ``.csv`` (numeric columns, header row, torch's default dtype).
         split: ``None`` for all rows, ``"train"`` or ``"test"`` for the fixed split made by
             :func:`train_test_split` with ``test_fraction`` and ``seed``.
         binarize: threshold at 0.5 to {0, 1} (for Bernoulli likelihoods).
 
     Returns:
-        a float32 tensor, or a read-only memory-mapped numpy array for ``.npy``.
+        a tensor (a stored floating dtype is kept), or a read-only memory-mapped numpy array
+        for ``.npy``.
     """
     if str(source) == "digits":
         from sklearn.datasets import load_digits
@@ -58,7 +61,8 @@ def load_data(
         train, test = train_test_split(data, test_fraction=test_fraction, seed=seed)
         data = train if split == "train" else test
     if binarize:
-        data = (as_tensor(data) > 0.5).to(torch.float32)
+        tensor = as_tensor(data)
+        data = (tensor > 0.5).to(tensor.dtype)
     return data
 
 
@@ -90,38 +94,65 @@ def _load_file(spec: str) -> Array:
                 key = names[0]
             else:
                 raise DataError(f"{path_str!r} holds arrays {names}; choose one as FILE.npz:KEY")
-            return torch.as_tensor(np.asarray(archive[key], dtype=np.float32))
+            return as_tensor(np.asarray(archive[key]))
     if suffix == ".csv":
         try:
             frame = pd.read_csv(path)
         except pd.errors.EmptyDataError as e:
             raise DataError(f"CSV file {path_str!r} has no rows or columns") from e
-        return as_tensor(frame)
+        return as_tensor(frame).to(torch.get_default_dtype())
     raise DataError(f"unsupported data file {path_str!r}: use .npy, .npz or .csv")
 
 
+def load_arrays(path: str | Path) -> dict[str, torch.Tensor]:
+    """Every array of a ``.npz`` file by name, each as :func:`as_tensor` makes it: data for a
+    pair whose model takes them as keyword arguments (``model(x=..., y=...)``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data file {str(path)!r} does not exist")
+    try:
+        with np.load(path) as archive:
+            return {name: as_tensor(np.asarray(archive[name])) for name in archive.files}
+    except (ValueError, OSError) as e:
+        raise DataError(f"cannot read {str(path)!r} as a .npz archive ({e})") from e
+
+
 def as_tensor(data) -> torch.Tensor:
-    """Data (tensor, numpy array, DataFrame) as a float32 tensor, with clear errors."""
+    """Data (tensor, numpy array, DataFrame) as a tensor, with clear errors.
+
+    A floating dtype is kept (float64 stays float64); integers and booleans become torch's
+    default dtype (``torch.get_default_dtype()``), as Pyro's likelihoods need real values.
+    """
     if isinstance(data, torch.Tensor):
         if not (data.is_floating_point() or data.dtype in _INT_TORCH):
             raise DataError(f"data tensor has dtype {data.dtype}; give numbers")
-        return data if data.dtype == torch.float32 else data.to(torch.float32)
+        return data if data.is_floating_point() else data.to(torch.get_default_dtype())
     if isinstance(data, pd.DataFrame):
         if data.empty:
             raise DataError(f"the DataFrame is empty (shape {data.shape}); give at least one row")
         bad = [str(c) for c in data.columns if not pd.api.types.is_numeric_dtype(data[c])]
         if bad:
             raise DataError(f"column(s) {bad} are not numeric; drop them or encode them as numbers")
-        data = data.to_numpy(dtype=np.float32)
+        dtypes = {np.dtype(t) for t in data.dtypes}
+        common = dtypes.pop() if len(dtypes) == 1 else None
+        data = data.to_numpy(dtype=_float_dtype(common) if common is not None else _float_dtype(
+            np.dtype(np.int64)))
     if isinstance(data, np.ndarray):
         if not _is_real(data.dtype):
             raise DataError(f"data array has dtype {data.dtype}; give real numbers")
-        array = np.asarray(data, dtype=np.float32)
+        array = np.asarray(data, dtype=_float_dtype(data.dtype))
         return torch.from_numpy(array if array.flags.writeable else array.copy())
     raise DataError(
         f"data of type {type(data).__name__} is not supported; give a torch tensor, a numpy "
         "array, a pandas DataFrame of numeric columns, or a file path"
     )
+
+
+def _float_dtype(dtype: np.dtype) -> np.dtype:
+    """A numpy floating dtype is kept; others become torch's default dtype."""
+    if np.issubdtype(dtype, np.floating) and dtype != np.float16:
+        return dtype
+    return torch.empty((), dtype=torch.get_default_dtype()).numpy().dtype
 
 
 _INT_TORCH = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
@@ -177,10 +208,11 @@ def train_test_split(
 
 
 def take(data: Array, index: torch.Tensor) -> torch.Tensor:
-    """Rows ``index`` of ``data`` as a float32 tensor (memory-mapped arrays read by index)."""
+    """Rows ``index`` of ``data`` as a tensor (memory-mapped arrays read by index, their
+    floating dtype kept)."""
     if isinstance(data, torch.Tensor):
         return data.index_select(0, index.to(data.device))
-    rows = torch.as_tensor(np.asarray(data[index.numpy()], dtype=np.float32))
+    rows = torch.as_tensor(np.asarray(data[index.numpy()], dtype=_float_dtype(data.dtype)))
     _release(data)
     return rows
 
@@ -198,7 +230,13 @@ def _release(data: Array) -> None:
 
 
 def check_support(data: Array, name: str, support, device: torch.device) -> None:
-    """Check every row against an observed site's support constraint."""
+    """Check every entry against an observed site's support constraint.
+
+    ``.to_event`` likelihoods have an ``independent`` support that reduces over the event dims;
+    its base constraint is checked entry by entry, so the error names the entry itself.
+    """
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
     bad = _first_violation(data, lambda chunk: support.check(chunk.to(device)))
     if bad is not None:
         row, col, value = bad
@@ -211,7 +249,7 @@ def check_support(data: Array, name: str, support, device: torch.device) -> None
 
 def _first_violation(data: Array, predicate) -> tuple[int, int, float] | None:
     """(row, column, value) of the first entry where ``predicate`` is False, read in chunks."""
-    row_bytes = 4 * max(1, int(np.prod(data.shape[1:])))
+    row_bytes = data.dtype.itemsize * max(1, int(np.prod(data.shape[1:])))
     step = max(1, _CHUNK_BYTES // row_bytes)
     for start in range(0, data.shape[0], step):
         chunk = as_tensor(np.asarray(data[start : start + step]))

@@ -15,18 +15,23 @@ posterior multiply over N points and say nothing. Draws are independent, so r_ef
 When all of a datapoint's log weights agree to within :data:`CONSTANT_SPREAD` (q equals the
 posterior up to float error) there is no tail to fit: k̂ is reported as −∞ and the point is
 good (PSIS itself would return +∞ there).
+
+With global latents θ the per-datapoint weights are the local part given θ_k ~ q(θ); whether
+q(θ) itself can be trusted is the k̂ of the whole data set's weights w_k (``joint_khat``), and
+the verdict is about it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from . import arviz_compat
-from .evaluation import importance_log_weights
+from .evaluation import log_weights
 from .inference_data import check_count
 
 GOOD, USABLE = 0.5, 0.7
@@ -42,6 +47,7 @@ def vi_diagnostics(
     seed: int = 0,
     batch_size: int = 256,
     particle_batch: int = 100,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     r"""Pareto k̂, PSIS log-likelihood and ESS of the importance weights, one row per datapoint.
 
@@ -56,10 +62,12 @@ def vi_diagnostics(
         ``verdict``: ``good`` / ``usable`` / ``unreliable`` by the thresholds above.
 
     ``attrs["verdict"]`` is a one-line summary; ``attrs["num_samples"]`` and ``attrs["seed"]``
-    record the draws.
+    record the draws. With global latents, ``attrs["joint_khat"]`` and
+    ``attrs["joint_log_likelihood"]`` are those of the whole data set's weights, and the
+    verdict is about them (``attrs["global_sites"]`` lists the sites).
     """
     check_count("num_samples", num_samples)
-    log_w = importance_log_weights(
+    weights = log_weights(
         model,
         guide,
         data,
@@ -67,8 +75,9 @@ def vi_diagnostics(
         batch_size=batch_size,
         particle_batch=particle_batch,
         seed=seed,
+        model_kwargs=model_kwargs,
     )
-    log_w = log_w.double().cpu().numpy().T  # (N, S)
+    log_w = weights.local.double().cpu().numpy().T  # (N, S)
     smoothed, khat = arviz_compat.psislw(log_w)
     constant = np.ptp(log_w, axis=1) < CONSTANT_SPREAD
     khat = np.where(constant, -np.inf, khat)
@@ -87,6 +96,17 @@ def vi_diagnostics(
     )
     table.index.name = "datapoint"
     table.attrs |= {"verdict": verdict(khat), "num_samples": num_samples, "seed": seed}
+    table.attrs["global_sites"] = weights.global_sites
+    if weights.global_sites:
+        joint = weights.joint.double().cpu().numpy()[None, :]
+        joint_khat = float(arviz_compat.psislw(joint)[1][0])
+        if np.ptp(joint) < CONSTANT_SPREAD:
+            joint_khat = -np.inf
+        table.attrs |= {
+            "joint_khat": joint_khat,
+            "joint_log_likelihood": float(np.logaddexp.reduce(joint[0]) - math.log(num_samples)),
+            "verdict": joint_verdict(joint_khat, weights.global_sites),
+        }
     return table
 
 
@@ -115,3 +135,16 @@ def verdict(khat) -> str:
     if usable:
         return line + "q(z|x) is usable, with noisy importance-sampling estimates at some points"
     return line + "q(z|x) is good at every datapoint"
+
+
+def joint_verdict(khat: float, global_sites: list[str]) -> str:
+    """One line on the whole data set's weights, which carry q's global latents."""
+    line = (
+        f"Pareto k̂ of the whole data set's importance weights (global latents {global_sites}): "
+        f"{khat:.2f}: "
+    )
+    return line + {
+        "good": "q is good",
+        "usable": "q is usable, with noisy importance-sampling estimates",
+        "unreliable": "q is unreliable for the global latents",
+    }[category(khat)]

@@ -35,10 +35,9 @@ from dataclasses import dataclass
 import pyro
 import torch
 import torch.distributed as dist
-from pyro.poutine.messenger import Messenger
 
 from .errors import PplVaeError
-from .traces import in_data_plate
+from .plates import scale_data_plate
 
 TIMEOUT = datetime.timedelta(minutes=10)
 
@@ -95,22 +94,9 @@ def shard(index: torch.Tensor, group: World) -> torch.Tensor:
     return index[group.rank * rows : (group.rank + 1) * rows]
 
 
-class _ShardScale(Messenger):
-    """Scale sample sites inside the data plate (found by its dim) by ``factor``."""
-
-    def __init__(self, factor: float, data_dim: int):
-        super().__init__()
-        self.factor = factor
-        self.data_dim = data_dim
-
-    def _process_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and in_data_plate(msg, self.data_dim):
-            msg["scale"] = self.factor * msg["scale"]
-
-
-def shard_scaled(fn: Callable, group: World, data_dim: int) -> Callable:
+def shard_scaled(fn: Callable, group: World, plate: str) -> Callable:
     """``fn`` with its data-plate sites scaled by the number of processes (see module doc)."""
-    return _ShardScale(float(group.size), data_dim)(fn)
+    return scale_data_plate(fn, float(group.size), plate)
 
 
 def broadcast_params() -> None:

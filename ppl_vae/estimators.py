@@ -18,11 +18,19 @@ All estimate the evidence lower bound (Kingma & Welling 2014, eq. 3)
   ``num_particles`` ≥ 2 samples per datapoint,
   :math:`\hat{\mathcal{L}}_K = \log \frac1K \sum_k p(x, z_k)/q(z_k|x) \ge` the ELBO, tighter as K
   grows. It has no separate KL term: the KL is inside the log-mean of the weights.
-- ``"analytic"`` is :class:`pyro.infer.TraceMeanField_ELBO`: the same reconstruction term, and
-  for every latent site where ``torch.distributions.kl_divergence(q, p)`` is registered the KL
-  in closed form (Kingma & Welling 2014, appendix B, for Gaussians). Where none is registered
-  Pyro *silently* falls back to the sampled term for that site; :func:`kl_sites` finds out which
-  sites do, so that ``fit`` can report it, warn, or refuse under ``strict=True``.
+- ``"analytic"`` is :class:`AnalyticELBO`, :class:`pyro.infer.TraceMeanField_ELBO` with an
+  honest rule for the closed form: the same reconstruction term, and for every latent site
+  where ``torch.distributions.kl_divergence(q, p)`` is registered and q is a reparameterized
+  distribution with a density (not a point mass) the KL in closed form (Kingma & Welling 2014,
+  appendix B, for Gaussians). Elsewhere the site's term is sampled, log q − log p, as Pyro does
+  silently where no KL is registered; :func:`kl_sites` says which sites do, so that ``fit`` can
+  report it, warn, or refuse under ``strict=True``. Pyro registers KL(Delta‖p) = −log p(v),
+  which drops a Delta's ``log_density`` (the Jacobian term of an autoguide's constrained site),
+  so a Delta never gets the closed form here.
+
+Guide sites without a counterpart in the model (an autoguide's ``*_unconstrained`` or
+``_Auto*_latent`` auxiliary sites) are part of q: their log q enters every estimate, as their
+entropy term enters Pyro's.
 """
 
 from __future__ import annotations
@@ -33,8 +41,11 @@ from collections.abc import Callable
 import pandas as pd
 import pyro.infer
 import torch
+from pyro.distributions import Delta
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import scale_and_mask
+from pyro.infer.util import torch_item
+from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
 from .errors import EstimatorError
@@ -88,9 +99,37 @@ class IWAE_ELBO(pyro.infer.RenyiELBO):
         )
 
 
+class AnalyticELBO(pyro.infer.TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` whose closed-form KL follows :func:`closed_form_kl`.
+
+    Per particle: Σ_obs log p(x|z) − Σ_sites KL(q‖p) where :func:`closed_form_kl` gives one,
+    else log p(z) − log q(z|x) (its score parts, as Pyro), minus log q of the auxiliary sites.
+    """
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        elbo = 0.0
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample" or site_is_subsample(model_site):
+                continue
+            if model_site["is_observed"]:
+                elbo = elbo + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            kl = closed_form_kl(guide_site, model_site)
+            if kl is None:
+                entropy = guide_site["score_parts"].entropy_term
+                elbo = elbo + model_site["log_prob_sum"] - entropy.sum()
+            else:
+                elbo = elbo - kl.sum()
+        for guide_site in guide_trace.nodes.values():
+            if is_auxiliary(guide_site, model_trace):
+                elbo = elbo - guide_site["score_parts"].entropy_term.sum()
+        return -torch_item(elbo), -elbo
+
+
 ESTIMATORS: dict[str, type[pyro.infer.ELBO]] = {
     "sampled": pyro.infer.Trace_ELBO,
-    "analytic": pyro.infer.TraceMeanField_ELBO,
+    "analytic": AnalyticELBO,
     "stl": STLTrace_ELBO,
     "iwae": IWAE_ELBO,
 }
@@ -146,8 +185,31 @@ def make_elbo(
     )
 
 
+def is_auxiliary(guide_site: dict, model_trace) -> bool:
+    """A guide sample site that the model lacks (an autoguide's auxiliary site)."""
+    return (
+        guide_site["type"] == "sample"
+        and not site_is_subsample(guide_site)
+        and guide_site["name"] not in model_trace.nodes
+    )
+
+
+def is_point_mass(fn) -> bool:
+    """A Delta (possibly reinterpreted by ``Independent``/``to_event``)."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return isinstance(fn, Delta)
+
+
 def closed_form_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
-    """KL(q‖p) for one latent site in closed form, scaled and masked as Pyro does, or None."""
+    """KL(q‖p) for one latent site in closed form, scaled and masked as Pyro does, or None.
+
+    None also where q is a point mass (Pyro's KL(Delta‖p) drops its ``log_density``) or not
+    reparameterized (its gradient needs the score function, which the closed form has not).
+    """
+    fn = guide_site["fn"]
+    if is_point_mass(fn) or not getattr(fn, "has_rsample", False):
+        return None
     try:
         kl = kl_divergence(guide_site["fn"], model_site["fn"])
     except NotImplementedError:
@@ -155,35 +217,70 @@ def closed_form_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
     return scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
 
 
-def kl_sites(traces: PairTraces, estimator: str) -> pd.DataFrame:
-    """Per latent site: q and p's distribution, and how ``estimator`` computes the KL.
+SCORE_FUNCTION = "sampled (score function)"
+AUXILIARY = "sampled (auxiliary)"
 
-    Columns: ``site``, ``q``, ``p``, ``closed_form_available`` and ``kl`` (``"closed-form"`` or
-    ``"sampled"``).
+
+def kl_sites(traces: PairTraces, estimator: str) -> pd.DataFrame:
+    """Per site of q: q and p's distribution, its scope, and how ``estimator`` computes its KL.
+
+    Columns: ``site``, ``q``, ``p`` (None for an auxiliary guide site), ``scope`` (``local``:
+    in the data plate; ``global``: outside it), ``closed_form_available`` and ``kl``:
+    ``"closed-form"``, ``"sampled"`` (log q − log p, pathwise gradient), ``"sampled (score
+    function)"`` (q not reparameterized: Pyro's Trace_ELBO adds the score-function term) or
+    ``"sampled (auxiliary)"`` (a guide-only site: its log q enters the estimate).
     """
     rows = []
-    for name, model_site in traces.model.nodes.items():
-        if not is_latent(model_site):
+    for name, guide_site in traces.guide.nodes.items():
+        if guide_site["type"] != "sample" or guide_site["is_observed"]:
             continue
-        guide_site = traces.guide.nodes[name]
-        available = closed_form_kl(guide_site, model_site) is not None
+        if site_is_subsample(guide_site):
+            continue
+        model_site = traces.model.nodes.get(name)
+        auxiliary = model_site is None or not is_latent(model_site)
+        available = not auxiliary and closed_form_kl(guide_site, model_site) is not None
+        if auxiliary:
+            how = AUXILIARY
+        elif available and estimator == "analytic":
+            how = CLOSED_FORM
+        elif not getattr(guide_site["fn"], "has_rsample", False):
+            how = SCORE_FUNCTION
+        else:
+            how = SAMPLED
         rows.append(
             {
                 "site": name,
                 "q": dist_name(guide_site["fn"]),
-                "p": dist_name(model_site["fn"]),
+                "p": None if auxiliary else dist_name(model_site["fn"]),
+                "scope": "local" if traces.is_local(guide_site) else "global",
                 "closed_form_available": available,
-                "kl": CLOSED_FORM if available and estimator == "analytic" else SAMPLED,
+                "kl": how,
             }
         )
-    return pd.DataFrame(rows, columns=["site", "q", "p", "closed_form_available", "kl"])
+    columns = ["site", "q", "p", "scope", "closed_form_available", "kl"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def check_reparameterized(sites: pd.DataFrame, estimator: str) -> None:
+    """Refuse ``analytic`` when a guide site is not reparameterized, before any step."""
+    if estimator != "analytic":
+        return
+    bad = sites.loc[sites["kl"] == SCORE_FUNCTION]
+    if bad.empty:
+        return
+    detail = ", ".join(f"{r.site} (q={r.q})" for r in bad.itertuples())
+    raise EstimatorError(
+        f"guide site(s) {detail} are not reparameterized, which the analytic estimator "
+        "(TraceMeanField_ELBO) requires; use estimator='sampled' (Trace_ELBO with a score-"
+        "function gradient for those sites)"
+    )
 
 
 def check_fallback(sites: pd.DataFrame, estimator: str, strict: bool) -> None:
     """Warn (or raise, when ``strict``) if the analytic estimator samples some site's KL."""
     if estimator != "analytic":
         return
-    fallen = sites.loc[~sites["closed_form_available"]]
+    fallen = sites.loc[~sites["closed_form_available"] & (sites["kl"] != AUXILIARY)]
     if fallen.empty:
         return
     detail = ", ".join(f"{r.site} (q={r.q}, p={r.p})" for r in fallen.itertuples())

@@ -14,87 +14,74 @@ The importance-weighted bound (Burda, Grosse & Salakhutdinov 2016, eq. 8)
 .. math:: \log p(x_n) \ge \mathcal{L}_K(x_n)
           = \log \frac1K \sum_k \frac{p(x_n, z_{n,k})}{q(z_{n,k}|x_n)}
 
-tightens to :math:`\log p(x_n)` as :math:`K\to\infty`. All particles are vectorized.
-Latent sites outside the data plate (global latents) are shared out evenly over the rows.
+tightens to :math:`\log p(x_n)` as :math:`K\to\infty`. All particles are vectorized (or looped
+where the pair does not broadcast; see :mod:`ppl_vae.particles`).
+
+Global latents θ (guide sites outside the data plate) are drawn once per particle for the whole
+data set. The per-row numbers are then *given the globals*: row n's terms at the particle's
+θ_k, averaged over q(θ). The data set's joint numbers carry the global part and are in
+``attrs["joint"]``: the joint ELBO :math:`\sum_n \mathrm{ELBO}_n + \mathbb{E}_q[\log p(\theta)
+- \log q(\theta)]` and the joint IWAE bound of :math:`\log p(X)`,
+:math:`\log \frac1K \sum_k w_k` with :math:`w_k` the whole data set's weight. Without global
+latents the rows are independent and the joint IWAE bound is the sum of the per-row bounds.
+See docs/pairs.md.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import pyro
 import torch
-from pyro import poutine
 
-from .data import Array, as_array, take, validate_data
-from .estimators import check_estimator, closed_form_kl
+from .dataset import Dataset, as_dataset
+from .estimators import check_estimator
+from .particles import ParticleTerms, dataset_terms
 from .rng import seeded
-from .traces import PairTraces, is_latent, is_observed, per_datapoint, run_pair, with_particles
+from .traces import PairTraces, run_pair
+
+PER_ROW_LOCAL = "per datapoint (no global latents: the rows sum to the joint numbers)"
+PER_ROW_GIVEN_GLOBALS = (
+    "per datapoint given the global latents (drawn from q per particle); the joint numbers "
+    "in attrs['joint'] add their KL"
+)
 
 
 @dataclass(frozen=True)
-class ParticleTerms:
-    """Log-density terms per particle and datapoint, each of shape ``(K, N)``."""
+class Prepared:
+    """Data set, layout and global sites of one evaluation call."""
 
-    log_likelihood: torch.Tensor  # sum over observed sites of log p(x|z)
-    log_prior: dict[str, torch.Tensor]  # log p(z) per latent site
-    log_q: dict[str, torch.Tensor]  # log q(z|x) per latent site
-    closed_kl: dict[str, torch.Tensor | None]  # closed-form KL(q||p) per latent site, or None
-    # the latent values drawn from the guide per site, with the particle plate's dim
-    values: dict[str, torch.Tensor] = field(default_factory=dict)
-    # log p(x|z) per observed site, (K, N) each; they sum to ``log_likelihood``
-    observed: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def log_weights(self) -> torch.Tensor:
-        """log p(x, z) − log q(z|x) per particle and datapoint."""
-        return self.log_likelihood + sum(self.log_prior[s] - self.log_q[s] for s in self.log_prior)
-
-    def kl(self, site: str, closed_form: bool) -> torch.Tensor:
-        """The KL term of ``site`` per particle: closed-form if asked for and available."""
-        closed = self.closed_kl[site]
-        if closed_form and closed is not None:
-            return closed
-        return self.log_q[site] - self.log_prior[site]
+    dataset: Dataset
+    layout: PairTraces
+    global_sites: list[str]
+    device: torch.device
 
 
-def particle_terms(
-    model: Callable, guide: Callable, x: torch.Tensor, num_particles: int, layout: PairTraces
+def prepare(
+    model: Callable, guide: Callable, data, batch_size: int, model_kwargs=None
+) -> Prepared:
+    """Check the data, probe the pair on its first batch (under no_grad)."""
+    dataset = as_dataset(data, model_kwargs)
+    dataset.validate()
+    device = param_device()
+    with torch.no_grad():
+        layout = run_pair(model, guide, dataset.head(batch_size).to(device))
+    return Prepared(dataset, layout, layout.global_sites(), device)
+
+
+def draw_terms(
+    model, guide, prepared: Prepared, num_particles: int, batch_size: int
 ) -> ParticleTerms:
-    """Draw ``num_particles`` vectorized particles of the guide on ``x`` and score them."""
-    mpn = layout.max_plate_nesting
-    guide_trace = poutine.trace(with_particles(guide, num_particles, mpn)).get_trace(x)
-    model_trace = poutine.trace(
-        poutine.replay(with_particles(model, num_particles, mpn), trace=guide_trace)
-    ).get_trace(x)
-    guide_trace.compute_log_prob()
-    model_trace.compute_log_prob()
-    n = x.shape[0]
-
-    def rows(value) -> torch.Tensor:
-        return per_datapoint(value, layout, n).expand(num_particles, n)
-
-    observed = {
-        name: rows(site["log_prob"])
-        for name, site in model_trace.nodes.items()
-        if is_observed(site)
-    }
-    log_lik = sum(observed.values(), torch.zeros(num_particles, n, device=x.device))
-    latents = [name for name, site in model_trace.nodes.items() if is_latent(site)]
-    closed = {}
-    for name in latents:
-        kl = closed_form_kl(guide_trace.nodes[name], model_trace.nodes[name])
-        closed[name] = None if kl is None else rows(kl)
-    return ParticleTerms(
-        log_lik,
-        {s: rows(model_trace.nodes[s]["log_prob"]) for s in latents},
-        {s: rows(guide_trace.nodes[s]["log_prob"]) for s in latents},
-        closed,
-        {s: guide_trace.nodes[s]["value"] for s in latents},
-        observed,
-    )
+    """K particles over every row (no gradients)."""
+    with torch.no_grad():
+        return dataset_terms(
+            model, guide, prepared.dataset, num_particles, prepared.layout, batch_size,
+            prepared.device,
+        )
 
 
 def evaluate(
@@ -106,54 +93,114 @@ def evaluate(
     estimator: str = "analytic",
     batch_size: int = 256,
     seed: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Split the ELBO of every datapoint into reconstruction and KL terms.
 
     Args:
         model, guide: the Pyro pair, with trained parameters in Pyro's param store.
-        data: tensor, numpy array or DataFrame; rows are datapoints.
-        num_particles: K draws of q(z|x) per datapoint (vectorized).
-        estimator: ``"analytic"`` uses the closed-form KL where one is registered,
-            ``"sampled"`` the Monte Carlo term log q − log p everywhere.
-        batch_size: rows per vectorized pass (memory ∝ batch_size · num_particles).
+        data: an array (tensor, numpy array, DataFrame; ``model(x)``), a tuple of per-row
+            arrays (``model(x, y)``) or a dict of them (``model(x=..., y=...)``).
+        num_particles: K draws of q per datapoint (vectorized).
+        estimator: ``"analytic"`` uses the closed-form KL where :func:`~ppl_vae.estimators.
+            closed_form_kl` gives one, ``"sampled"`` the Monte Carlo term log q − log p.
+        batch_size: rows per vectorized pass (memory ∝ batch_size · num_particles); the
+            numbers do not depend on it (globals are drawn once per particle).
         seed: seeds the draws without disturbing the caller's RNG stream.
+        model_kwargs: constant keyword arguments passed to model and guide with every call.
 
     Returns:
         one row per datapoint: ``elbo``, ``elbo_se`` (Monte Carlo standard error over the K
-        particles), ``reconstruction``, ``kl`` and ``kl[SITE]`` per latent site, with
-        ``elbo == reconstruction - kl``. ``attrs["kl_method"]`` maps each latent site to
-        ``"closed-form"`` or ``"sampled"``.
+        particles), ``reconstruction``, ``kl`` and ``kl[SITE]`` per local site of q (auxiliary
+        sites included), with ``elbo == reconstruction - kl``. ``attrs``: ``kl_method`` (site →
+        ``"closed-form"`` or ``"sampled"``, global sites too), ``joint`` (the data set's
+        ``elbo``, ``elbo_se``, ``reconstruction``, ``kl``, ``kl_global``), ``global_sites`` and
+        ``per_row`` (what a row's numbers mean; see the module doc).
     """
     check_estimator(estimator)
     closed_form = estimator == "analytic"
-    frames, methods = [], {}
-    for x, layout in _batches(model, guide, data, batch_size, seed):
-        terms = particle_terms(model, guide, x, num_particles, layout)
-        kls = {s: terms.kl(s, closed_form) for s in terms.log_prior}
-        methods = {
-            s: "closed-form" if closed_form and terms.closed_kl[s] is not None else "sampled"
-            for s in kls
-        }
-        kl_total = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
-        per_particle = terms.log_likelihood - kl_total
-        frame = {
-            "reconstruction": terms.log_likelihood.mean(0),
-            "kl": kl_total.mean(0),
-            "elbo_se": per_particle.std(0) / math.sqrt(num_particles)
-            if num_particles > 1
-            else torch.full_like(kl_total[0], float("nan")),
-        } | {f"kl[{s}]": v.mean(0) for s, v in kls.items()}
-        frame = {k: v.double().cpu().numpy() for k, v in frame.items()}
-        frame["elbo"] = frame["reconstruction"] - frame["kl"]  # exact in float64
-        frames.append(pd.DataFrame(frame))
-    result = pd.concat(frames, ignore_index=True)
-    columns = ["elbo", "elbo_se", "reconstruction", "kl"] + [f"kl[{s}]" for s in methods]
-    result = result[columns]
+    with seeded(seed):
+        prepared = prepare(model, guide, data, batch_size, model_kwargs)
+        terms = draw_terms(model, guide, prepared, num_particles, batch_size)
+    g = terms.globals
+    kls = {s: terms.kl(s, closed_form) for s in terms.log_q}
+    global_kls = {s: g.kl(s, closed_form) for s in g.log_q}
+    methods = {
+        s: "closed-form" if closed_form and closed[s] is not None else "sampled"
+        for closed in (terms.closed_kl, g.closed_kl)
+        for s in closed
+    }
+    kl_total = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
+    per_particle = terms.log_likelihood - kl_total
+    frame = {
+        "reconstruction": terms.log_likelihood.mean(0),
+        "kl": kl_total.mean(0),
+        "elbo_se": _se(per_particle),
+    } | {f"kl[{s}]": v.mean(0) for s, v in kls.items()}
+    frame = {k: v.double().cpu().numpy() for k, v in frame.items()}
+    frame["elbo"] = frame["reconstruction"] - frame["kl"]  # exact in float64
+    columns = ["elbo", "elbo_se", "reconstruction", "kl"] + [f"kl[{s}]" for s in kls]
+    result = pd.DataFrame(frame)[columns]
     result.index.name = "datapoint"
-    result.attrs["kl_method"] = methods
-    result.attrs["estimator"] = estimator
-    result.attrs["num_particles"] = num_particles
+    kl_global = sum(global_kls.values(), torch.zeros_like(g.log_likelihood))
+    joint = per_particle.sum(1) + g.log_likelihood - kl_global
+    result.attrs |= {
+        "kl_method": methods,
+        "estimator": estimator,
+        "num_particles": num_particles,
+        "global_sites": prepared.global_sites,
+        "per_row": PER_ROW_GIVEN_GLOBALS if prepared.global_sites else PER_ROW_LOCAL,
+        "joint": {
+            "elbo": float(joint.double().mean()),
+            "elbo_se": float(_se(joint.unsqueeze(1))[0]),
+            "reconstruction": float((terms.log_likelihood.sum(1) + g.log_likelihood).mean()),
+            "kl": float((kl_total.sum(1) + kl_global).double().mean()),
+            "kl_global": float(kl_global.double().mean()),
+        },
+    }
     return result
+
+
+def _se(per_particle: torch.Tensor) -> torch.Tensor:
+    """Monte Carlo standard error of the mean over particles (dim 0); NaN for one particle."""
+    k = per_particle.shape[0]
+    if k < 2:
+        return torch.full_like(per_particle[0], float("nan"))
+    return per_particle.double().std(0) / math.sqrt(k)
+
+
+@dataclass(frozen=True)
+class LogWeights:
+    """Importance log weights of K particles: ``local`` per row ``(K, N)``, ``joint`` of the
+    whole data set ``(K,)``, and the global sites (empty: the rows are independent)."""
+
+    local: torch.Tensor
+    joint: torch.Tensor
+    global_sites: list[str]
+
+
+def log_weights(
+    model: Callable,
+    guide: Callable,
+    data,
+    num_samples: int = 1000,
+    *,
+    batch_size: int = 256,
+    particle_batch: int = 100,
+    seed: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> LogWeights:
+    """:class:`LogWeights` of ``num_samples`` particles, ``particle_batch`` at a time, each
+    chunk of particles drawing its globals once for every row."""
+    local, joint = [], []
+    with seeded(seed):
+        prepared = prepare(model, guide, data, batch_size, model_kwargs)
+        for start in range(0, num_samples, particle_batch):
+            k = min(particle_batch, num_samples - start)
+            terms = draw_terms(model, guide, prepared, k, batch_size)
+            local.append(terms.log_weights())
+            joint.append(terms.joint_log_weight())
+    return LogWeights(torch.cat(local), torch.cat(joint), prepared.global_sites)
 
 
 def importance_log_weights(
@@ -165,20 +212,18 @@ def importance_log_weights(
     batch_size: int = 256,
     particle_batch: int = 100,
     seed: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
-    """log w = log p(x, z) − log q(z|x) for ``num_samples`` draws per datapoint, shape (K, N).
+    """log w = log p(x_n, z_n | θ) − log q(z_n | x_n, θ) per draw and datapoint, shape (K, N).
 
     Draws are vectorized ``particle_batch`` at a time. These weights feed the IWAE bound
-    (:func:`log_likelihood`) and the Pareto k̂ diagnostic.
+    (:func:`log_likelihood`) and the Pareto k̂ diagnostic. With global latents θ they are the
+    local part given θ_k ~ q(θ); the whole data set's weights are :func:`log_weights`' ``joint``.
     """
-    chunks = []
-    for x, layout in _batches(model, guide, data, batch_size, seed):
-        per_rows = []
-        for start in range(0, num_samples, particle_batch):
-            k = min(particle_batch, num_samples - start)
-            per_rows.append(particle_terms(model, guide, x, k, layout).log_weights())
-        chunks.append(torch.cat(per_rows, dim=0))
-    return torch.cat(chunks, dim=1)
+    return log_weights(
+        model, guide, data, num_samples, batch_size=batch_size,
+        particle_batch=particle_batch, seed=seed, model_kwargs=model_kwargs,
+    ).local
 
 
 def log_likelihood(
@@ -190,42 +235,31 @@ def log_likelihood(
     batch_size: int = 256,
     particle_batch: int = 100,
     seed: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> pd.Series:
     """Importance-sampled log p(x) per datapoint: the IWAE bound with K = ``num_samples``.
 
     log (1/K) Σ_k p(x, z_k)/q(z_k|x), z_k ~ q(z|x) (Burda et al. 2016). It is a lower bound on
-    log p(x) in expectation, and at least as tight as the ELBO.
+    log p(x) in expectation, and at least as tight as the ELBO. ``attrs["joint"]`` is the bound
+    of log p(X) for the whole data set: the sum of the rows without global latents, else the
+    log-mean of the joint weights. With global latents a row's number is
+    log (1/K) Σ_k p(x_n, z_k | θ_k)/q(z_k | x_n, θ_k): the pointwise predictive density under
+    q(θ), not a bound (``attrs["per_row"]`` says which).
     """
-    log_w = importance_log_weights(
-        model,
-        guide,
-        data,
-        num_samples,
-        batch_size=batch_size,
-        particle_batch=particle_batch,
-        seed=seed,
+    weights = log_weights(
+        model, guide, data, num_samples, batch_size=batch_size,
+        particle_batch=particle_batch, seed=seed, model_kwargs=model_kwargs,
     )
-    values = torch.logsumexp(log_w, dim=0) - math.log(num_samples)
+    values = torch.logsumexp(weights.local, dim=0) - math.log(num_samples)
     series = pd.Series(values.double().cpu().numpy(), name="log_likelihood")
     series.index.name = "datapoint"
+    if weights.global_sites:
+        joint = float(torch.logsumexp(weights.joint.double(), 0) - math.log(num_samples))
+        per_row = "pointwise predictive density given the global latents drawn from q; not a bound"
+    else:
+        joint, per_row = float(series.sum()), "IWAE lower bound of log p(x_n)"
+    series.attrs |= {"joint": joint, "global_sites": weights.global_sites, "per_row": per_row}
     return series
-
-
-def _batches(
-    model: Callable, guide: Callable, data, batch_size: int, seed: int | None
-) -> Iterator[tuple[torch.Tensor, PairTraces]]:
-    """Contiguous row batches on the parameters' device, under no_grad and the seed."""
-    array: Array = as_array(data)
-    validate_data(array)
-    device = param_device()
-    with torch.no_grad(), seeded(seed):
-        layout = None
-        for start in range(0, array.shape[0], batch_size):
-            index = torch.arange(start, min(start + batch_size, array.shape[0]))
-            x = take(array, index).to(device)
-            if layout is None or x.shape[0] != batch_size:
-                layout = run_pair(model, guide, x)
-            yield x, layout
 
 
 def param_device() -> torch.device:

@@ -5,8 +5,9 @@ datapoints :math:`x_n`, draws :math:`z_{n,s} \sim q(z|x_n)`, :math:`s = 1..S`, a
 under the model, and the groups are
 
 - ``posterior``: every latent site's draws, dims ``(chain, draw, ...)``; the axis of a site
-  that runs over the data plate is named ``obs`` (coordinates: the row numbers), the others
-  ``{site}_dim_{i}``; global latents keep their own shapes;
+  that runs over the data plate is named ``obs`` (coordinates: the row numbers; ``obs_row``
+  when a site itself is named ``obs``, as in Pyro's examples; ``attrs["row_dim"]`` says which),
+  the others ``{site}_dim_{i}``; global latents keep their own shapes, drawn once per draw;
 - ``posterior_predictive``: replicated observations :math:`\tilde x \sim p(x|z_{n,s})`;
 - ``log_likelihood``: :math:`\log p(x_n|z_{n,s})` per observed site, dims ``(chain, draw, obs)``;
 - ``sample_stats``: ``log_weight`` :math:`= \log p(x_n, z_{n,s}) - \log q(z_{n,s}|x_n)`;
@@ -26,15 +27,15 @@ import torch
 from pyro import poutine
 
 from . import arviz_compat
-from .data import as_array, take, validate_data
+from .dataset import Batch, as_dataset
 from .errors import DataError, PplVaeError
-from .evaluation import param_device, particle_terms
+from .evaluation import param_device
 from .params import restore, snapshot
+from .particles import ParticleSampler
 from .rng import seeded
 from .runs import versions
 from .traces import (
     PairTraces,
-    in_data_plate,
     is_latent,
     is_observed,
     run_pair,
@@ -43,6 +44,7 @@ from .traces import (
 from .training import FitResult
 
 OBS_DIM = "obs"
+_PAIR_FAILURES = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
 
 
 def to_inference_data(
@@ -56,6 +58,7 @@ def to_inference_data(
     fits: FitResult | Sequence[FitResult] | None = None,
     attrs: Mapping[str, object] | None = None,
     particle_batch: int = 100,
+    model_kwargs: Mapping[str, object] | None = None,
 ) -> arviz_compat.InferenceData:
     """Draw ``num_samples`` latents per datapoint from the guide and export them to ArviZ.
 
@@ -70,6 +73,7 @@ def to_inference_data(
             becomes one chain (its parameters are loaded for it, and the param store is put
             back afterwards). Default: one chain from the parameters in the store.
         attrs: extra attributes, e.g. ``{"estimator": "analytic", "steps": 2000}``.
+        model_kwargs: constant keyword arguments passed to model and guide.
 
     Returns:
         ``arviz.InferenceData`` (an xarray ``DataTree`` under arviz ≥ 1.0) with the groups
@@ -77,7 +81,7 @@ def to_inference_data(
     """
     check_count("num_samples", num_samples)
     fits = [fits] if isinstance(fits, FitResult) else list(fits or [])
-    x, index = select_rows(data, obs)
+    x, index = select_rows(data, obs, model_kwargs)
     if fits:
         saved = snapshot()
         try:
@@ -99,8 +103,9 @@ def to_inference_data(
         for name, site in layout.model.nodes.items()
         if is_observed(site)
     }
+    row = row_dim(layout)
     named = {
-        name: site_dims(name, site, layout.data_dim)
+        name: site_dims(name, site, layout, row)
         for name, site in layout.model.nodes.items()
         if is_latent(site) or is_observed(site)
     }
@@ -108,21 +113,27 @@ def to_inference_data(
         group: {name: named[name] for name in groups[group]}
         for group in ("posterior", "posterior_predictive", "observed_data")
     }
-    dims["log_likelihood"] = {name: [OBS_DIM] for name in groups["log_likelihood"]}
-    dims["sample_stats"] = {"log_weight": [OBS_DIM]}
-    return arviz_compat.from_dict(
-        groups, dims, {OBS_DIM: index.tolist()}, _attrs(seed, num_samples, fits, attrs)
-    )
+    dims["log_likelihood"] = {name: [row] for name in groups["log_likelihood"]}
+    dims["sample_stats"] = {"log_weight": [row]}
+    attrs = _attrs(seed, num_samples, fits, attrs) | {"row_dim": row}
+    return arviz_compat.from_dict(groups, dims, {row: index.tolist()}, attrs)
 
 
-def site_dims(name: str, site: dict, data_dim: int) -> list[str]:
-    """Dim names of a site's value: ``obs`` for the data plate's axis, else ``{name}_dim_{i}``."""
+def row_dim(layout: PairTraces) -> str:
+    """The name of the rows' dim: ``obs``, or ``obs_row`` when a site is named ``obs``."""
+    names = set(layout.model.nodes) | set(layout.guide.nodes)
+    return OBS_DIM if OBS_DIM not in names else f"{OBS_DIM}_row"
+
+
+def site_dims(name: str, site: dict, layout: PairTraces, row: str = OBS_DIM) -> list[str]:
+    """Dim names of a site's value: ``row`` for the data plate's axis, else ``{name}_dim_{i}``."""
     shape = site["value"].shape
     batch_ndim = len(shape) - site["fn"].event_dim
-    inside = in_data_plate(site, data_dim)
+    data_dim = layout.data_dim
+    inside = layout.is_local(site)
     data_axis = batch_ndim + data_dim if inside and batch_ndim >= -data_dim else None
     others = iter(range(len(shape)))
-    return [OBS_DIM if a == data_axis else f"{name}_dim_{next(others)}" for a in range(len(shape))]
+    return [row if a == data_axis else f"{name}_dim_{next(others)}" for a in range(len(shape))]
 
 
 def check_count(name: str, value: int) -> None:
@@ -130,12 +141,14 @@ def check_count(name: str, value: int) -> None:
         raise PplVaeError(f"{name} must be a positive integer, not {value!r}")
 
 
-def select_rows(data, obs: Sequence[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The selected rows on the parameters' device, and their row numbers."""
-    array = as_array(data)
-    validate_data(array)
-    index = torch.arange(array.shape[0]) if obs is None else _index(obs, array.shape[0])
-    return take(array, index).to(param_device()), index
+def select_rows(
+    data, obs: Sequence[int] | None, model_kwargs: Mapping[str, object] | None = None
+) -> tuple[Batch, torch.Tensor]:
+    """The selected rows (as one batch) on the parameters' device, and their row numbers."""
+    dataset = as_dataset(data, model_kwargs)
+    dataset.validate()
+    index = torch.arange(dataset.rows) if obs is None else _index(obs, dataset.rows)
+    return dataset.take(index).to(param_device()), index
 
 
 def _index(obs: Sequence[int], num_rows: int) -> torch.Tensor:
@@ -154,7 +167,7 @@ def _index(obs: Sequence[int], num_rows: int) -> torch.Tensor:
 def _chain(
     model: Callable,
     guide: Callable,
-    x: torch.Tensor,
+    x: Batch,
     num_samples: int,
     seed: int,
     particle_batch: int,
@@ -171,10 +184,15 @@ def _chain(
         layout = run_pair(model, guide, x)
         for start in range(0, num_samples, particle_batch):
             k = min(particle_batch, num_samples - start)
-            terms = particle_terms(model, guide, x, k, layout)
-            for name, value in terms.values.items():
-                add("posterior", name, value.reshape(k, *layout.model.nodes[name]["value"].shape))
-            replicated = _replicate(model, x, k, layout, terms.values)
+            terms = ParticleSampler(model, guide, layout, k).terms(x)
+            latents = {
+                name: value.reshape(k, *layout.model.nodes[name]["value"].shape)
+                for name, value in terms.values.items()
+                if name in layout.model.nodes and is_latent(layout.model.nodes[name])
+            }
+            for name, value in latents.items():
+                add("posterior", name, value)
+            replicated = _replicate(model, x, k, layout, latents)
             for name, value in replicated.items():
                 add("posterior_predictive", name, value)
             for name, value in terms.observed.items():
@@ -187,17 +205,22 @@ def _chain(
 
 
 def _replicate(
-    model: Callable, x: torch.Tensor, k: int, layout: PairTraces, latents: dict
+    model: Callable, x: Batch, k: int, layout: PairTraces, latents: dict
 ) -> dict[str, torch.Tensor]:
-    """Observed sites drawn from the model given the latent draws, shape ``(k, *x_site)``."""
-    vectorized = with_particles(model, k, layout.max_plate_nesting)
-    trace = poutine.trace(poutine.condition(poutine.uncondition(vectorized), data=latents))
-    nodes = trace.get_trace(x).nodes
-    return {
-        name: nodes[name]["value"].reshape(k, *site["value"].shape)
-        for name, site in layout.model.nodes.items()
-        if is_observed(site)
-    }
+    """Observed sites drawn from the model given the latent draws ``(k, *site)``, shape
+    ``(k, *x_site)``: vectorized, or one draw at a time where the model does not broadcast."""
+    observed = {n: s for n, s in layout.model.nodes.items() if is_observed(s)}
+
+    def draw(fn, values) -> dict:
+        trace = poutine.trace(poutine.condition(poutine.uncondition(fn), data=values))
+        return x(trace.get_trace).nodes
+
+    try:
+        nodes = draw(with_particles(model, k, layout.max_plate_nesting), latents)
+        return {n: nodes[n]["value"].reshape(k, *s["value"].shape) for n, s in observed.items()}
+    except _PAIR_FAILURES:
+        draws = [draw(model, {n: v[i] for n, v in latents.items()}) for i in range(k)]
+        return {n: torch.stack([d[n]["value"] for d in draws]) for n in observed}
 
 
 def _attrs(seed: int, num_samples: int, fits: list[FitResult], extra) -> dict[str, object]:

@@ -1,7 +1,8 @@
 """Model/guide pairs: the optional :class:`ModelGuidePair` bundle and loading pairs by name.
 
-A pair is two plain Pyro functions ``model(x)`` and ``guide(x)`` where ``x`` is a minibatch whose
-first dimension is the data plate. Nothing in ppl_vae requires the bundle; it exists so that a
+A pair is two plain Pyro functions ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)``
+called with a minibatch of the data (``model(x)``, ``model(x, y)``, ``model(x=..., y=...)``; see
+docs/pairs.md), whose first dimension is the data plate. Nothing in ppl_vae requires the bundle; it exists so that a
 file (ours in ``models/`` or a user's own) can hand the command line a ready pair together with
 what the command line needs to know about it.
 """
@@ -85,6 +86,9 @@ def _import_target(target: str):
         if not path.is_file():
             raise PairError(f"model file {target!r} does not exist; give a .py file or module")
         name = f"ppl_vae_user_pair_{abs(hash(path.resolve()))}"
+        folder = str(path.resolve().parent)
+        if folder not in sys.path:  # the file imports its neighbours, as `python file.py` would
+            sys.path.insert(0, folder)
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module

@@ -22,10 +22,11 @@ from pyro import poutine
 from pyro.infer import MCMC, NUTS
 
 from . import arviz_compat
+from .dataset import Batch
 from .errors import DataError, PairError
-from .inference_data import OBS_DIM, check_count, select_rows, site_dims
+from .inference_data import check_count, row_dim, select_rows, site_dims
 from .rng import seeded
-from .traces import data_plate_dim, is_latent, is_observed
+from .traces import PairTraces, data_plate, is_latent, is_observed
 
 NAMED_GROUPS = ("posterior", "observed_data")  # sample_stats/diverging is (chain, draw)
 
@@ -40,6 +41,7 @@ def reference_posterior(
     seed: int = 0,
     obs: Sequence[int] | None = None,
     progress: bool = False,
+    model_kwargs: Mapping[str, object] | None = None,
 ) -> arviz_compat.InferenceData:
     """NUTS draws of every latent site of ``model`` given the selected rows of ``data``.
 
@@ -54,11 +56,13 @@ def reference_posterior(
     """
     for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
         check_count(name, value)
-    x, index = select_rows(data, obs)
+    x, index = select_rows(data, obs, model_kwargs)
     trace = _trace_with_trained_params(model, x)
-    data_dim = data_plate_dim(trace, x.shape[0])
+    plate = data_plate(trace, x.rows)
+    layout = PairTraces(trace, trace, 0, plate.dim, plate.name)
+    row = row_dim(layout)
     dims = {
-        name: site_dims(name, site, data_dim)
+        name: site_dims(name, site, layout, row)
         for name, site in trace.nodes.items()
         if is_latent(site) or is_observed(site)
     }
@@ -67,7 +71,7 @@ def reference_posterior(
         kernel = NUTS(model, jit_compile=False)
         run = MCMC(kernel, num_samples, warmup_steps=warmup_steps, disable_progbar=not progress)
         with seeded(seed + chain):
-            run.run(x)
+            run.run(*x.args, **x.kwargs)
         runs.append(run)
     attrs = {
         "inference_library": "pyro",
@@ -78,7 +82,7 @@ def reference_posterior(
     }
     groups = _groups(runs, trace)
     dims = {group: {name: dims[name] for name in groups[group]} for group in NAMED_GROUPS}
-    return arviz_compat.from_dict(groups, dims, {OBS_DIM: index.tolist()}, attrs)
+    return arviz_compat.from_dict(groups, dims, {row: index.tolist()}, attrs | {"row_dim": row})
 
 
 def _groups(runs: list[MCMC], trace) -> dict[str, dict[str, np.ndarray]]:
@@ -102,12 +106,12 @@ def _groups(runs: list[MCMC], trace) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def _trace_with_trained_params(model: Callable, x: torch.Tensor):
+def _trace_with_trained_params(model: Callable, x: Batch):
     """Trace the model once; refuse (and undo) if it had to create parameters."""
     store = pyro.get_param_store()
     before = set(store.keys())
     with torch.no_grad():
-        trace = poutine.trace(model).get_trace(x)
+        trace = x(poutine.trace(model).get_trace)
     created = sorted(set(store.keys()) - before)
     if created:
         for name in created:

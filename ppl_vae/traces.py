@@ -16,6 +16,7 @@ from pyro import poutine
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
+from .dataset import Batch
 from .errors import PairError
 
 PARTICLE_PLATE = "ppl_vae_particles"
@@ -40,9 +41,12 @@ def is_observed(site: dict) -> bool:
     )
 
 
-def in_data_plate(site: dict, data_dim: int) -> bool:
-    """Whether ``site`` lies inside the vectorized plate over the minibatch (at ``data_dim``)."""
-    return any(f.vectorized and f.dim == data_dim for f in site["cond_indep_stack"])
+def in_data_plate(site: dict, plate: str) -> bool:
+    """Whether ``site`` lies inside the vectorized plate named ``plate`` (the data plate).
+
+    The name, not the dim, decides: a global site may sit in another plate at the same dim.
+    """
+    return any(f.vectorized and f.name == plate for f in site["cond_indep_stack"])
 
 
 def latent_names(trace: Trace) -> list[str]:
@@ -57,34 +61,100 @@ class PairTraces:
     guide: Trace
     max_plate_nesting: int
     data_dim: int  # the (negative) dim of the plate over the minibatch
+    data_plate: str = "data"  # that plate's name
+
+    def is_local(self, site: dict) -> bool:
+        """Whether ``site`` lies in the data plate (one value per row): a local site."""
+        return in_data_plate(site, self.data_plate)
+
+    def global_sites(self) -> list[str]:
+        """Guide sample sites (auxiliary ones too) outside the data plate: global latents."""
+        nodes = self.guide.nodes.items()
+        return [n for n, s in nodes if is_guide_sample(s) and not self.is_local(s)]
 
 
-def run_pair(model: Callable, guide: Callable, x: torch.Tensor) -> PairTraces:
-    """Trace ``guide(x)`` then ``model(x)`` replayed on the guide's latents, and check them.
+def is_guide_sample(site: dict) -> bool:
+    """A guide sample site that is part of q: latent or auxiliary, not a plate's subsample."""
+    return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+
+
+def as_batch(batch: Batch | torch.Tensor) -> Batch:
+    """A bare tensor ``x`` as the batch of ``model(x)``."""
+    return batch if isinstance(batch, Batch) else Batch((batch,), {}, int(batch.shape[0]))
+
+
+def trace_pair(model: Callable, guide: Callable, batch: Batch, replay: Trace | None = None):
+    """(model trace, guide trace) of one run; ``replay`` fixes some guide sites' values."""
+    if replay is not None:
+        guide = poutine.replay(guide, trace=replay)
+    guide_trace = poutine.trace(guide).get_trace(*batch.args, **batch.kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
+        *batch.args, **batch.kwargs
+    )
+    return model_trace, guide_trace
+
+
+def run_pair(model: Callable, guide: Callable, batch: Batch | torch.Tensor) -> PairTraces:
+    """Trace ``guide`` then ``model`` replayed on the guide's latents on one batch, and check them.
 
     Raises :class:`PairError` when running the pair fails (e.g. wrong data width), when the
     guide misses a latent site of the model or samples one the model lacks (Pyro only warns),
-    or when no plate runs over the minibatch's first dimension.
+    when no plate runs over the minibatch's first dimension, when the model subsamples the data
+    plate itself, or when the pair's parameters have another dtype than the data.
     """
+    batch = as_batch(batch)
     try:
-        guide_trace = poutine.trace(guide).get_trace(x)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
+        model_trace, guide_trace = trace_pair(model, guide, batch)
+    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, KeyError) as e:
         if isinstance(e, PairError):
             raise
+        check_dtypes(batch, [v for _, v in pyro.get_param_store().items()])
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PairError(
-            f"running the model and guide on a minibatch of shape {tuple(x.shape)} failed "
+            f"running the model and guide on a minibatch of shape {batch.describe()} failed "
             f"({type(e).__name__}: {first}); check that the data's width and values are what "
             "the pair was built for"
         ) from e
     check_sites(model_trace, guide_trace)
+    check_dtypes(batch, [s["value"] for t in (model_trace, guide_trace)
+                         for s in t.nodes.values() if s["type"] == "param"])
+    check_subsampling(model_trace)
+    plate = data_plate(model_trace, batch.rows)
     return PairTraces(
         model_trace,
         guide_trace,
         max_plate_nesting(model_trace, guide_trace),
-        data_plate_dim(model_trace, x.shape[0]),
+        plate.dim,
+        plate.name,
     )
+
+
+def check_dtypes(batch: Batch, params: list[torch.Tensor]) -> None:
+    """Refuse floating parameters of another dtype than the (floating) per-row data."""
+    data = {t.dtype for t in batch.tensors if t.is_floating_point()}
+    have = {p.dtype for p in params if torch.is_tensor(p) and p.is_floating_point()}
+    if len(data) == 1 and have - data:
+        (dtype,) = data
+        raise PairError(
+            f"the data is {dtype} but the pair has {sorted(map(str, have - data))} parameters; "
+            f"make them agree: convert the data (e.g. x.to({sorted(map(str, have))[0]})) or "
+            f"build the pair's parameters and networks in {dtype} (module.to({dtype}))"
+        )
+
+
+def check_subsampling(model_trace: Trace) -> None:
+    """Refuse a model that subsamples a plate itself (``subsample_size=``/``subsample=``)."""
+    for name, site in model_trace.nodes.items():
+        if not site_is_subsample(site):
+            continue
+        size, subsample = site["fn"].size, int(site["value"].numel())
+        if subsample < size:
+            raise PairError(
+                f"the model subsamples its data plate {name!r} ({subsample} of {size} rows); "
+                "ppl_vae draws the minibatches itself and scales them by N/B, so write "
+                f"pyro.plate({name!r}, x.shape[0]) without subsample_size and pass "
+                f"batch_size={subsample} to fit"
+            )
 
 
 def check_sites(model_trace: Trace, guide_trace: Trace) -> None:
@@ -120,8 +190,9 @@ def max_plate_nesting(*traces: Trace) -> int:
     return max(dims, default=0)
 
 
-def data_plate_dim(model_trace: Trace, batch_size: int) -> int:
-    """The dim of the vectorized plate over the minibatch, found on the observed sites."""
+def data_plate(model_trace: Trace, batch_size: int):
+    """The vectorized plate over the minibatch (a ``CondIndepStackFrame``), found on the
+    observed sites: the one named ``data`` if several have the batch's size."""
     frames = {
         frame
         for site in model_trace.nodes.values()
@@ -135,7 +206,7 @@ def data_plate_dim(model_trace: Trace, batch_size: int) -> int:
             "wrap the likelihood in `with pyro.plate('data', x.shape[0]):`"
         )
     named = [f for f in frames if f.name == "data"]
-    return (named or sorted(frames, key=lambda f: f.dim))[0].dim
+    return (named or sorted(frames, key=lambda f: f.dim))[0]
 
 
 def with_particles(fn: Callable, num_particles: int, max_plate_nesting: int) -> Callable:
@@ -148,14 +219,13 @@ def with_particles(fn: Callable, num_particles: int, max_plate_nesting: int) -> 
     return wrapped
 
 
-def per_datapoint(value, layout: PairTraces, num_rows: int) -> torch.Tensor:
-    """Reduce a log-density-like tensor to shape ``(particles, rows)``.
+class BroadcastError(PairError):
+    """A site's log-density lacks the (particle, row) layout of a vectorized particle plate,
+    e.g. because the model's networks do not broadcast over a leading particle dim."""
 
-    ``value``'s batch dims are right-aligned to the plate dims, with the particle plate at
-    ``-(max_plate_nesting + 1)``. Dims of other plates are summed. A term outside the data
-    plate (a global latent) is shared out evenly: each row gets 1/N of it, so that the rows
-    sum to the joint term.
-    """
+
+def _aligned(value, layout: PairTraces, num_particles: int) -> torch.Tensor:
+    """``value`` with its batch dims right-aligned to the plates, particle axis first."""
     ndim = layout.max_plate_nesting + 1
     value = torch.as_tensor(value)
     if value.dim() > ndim:
@@ -164,11 +234,34 @@ def per_datapoint(value, layout: PairTraces, num_rows: int) -> torch.Tensor:
             "the model's plates; declare event dims with .to_event(...)"
         )
     value = value.reshape((1,) * (ndim - value.dim()) + tuple(value.shape))
-    data_axis = ndim + layout.data_dim
-    others = [a for a in range(1, ndim) if a != data_axis]
+    if value.shape[0] not in (1, num_particles):
+        raise BroadcastError(
+            f"a log-density of shape {tuple(value.shape)} does not have {num_particles} "
+            "particles on its particle axis"
+        )
+    return value
+
+
+def local_terms(value, layout: PairTraces, num_particles: int, rows: int) -> torch.Tensor:
+    """A log-density-like tensor of a site in the data plate as ``(particles, rows)``.
+
+    ``value``'s batch dims are right-aligned to the plate dims, the particle plate at
+    ``-(max_plate_nesting + 1)``; the dims of other plates are summed.
+    """
+    value = _aligned(value, layout, num_particles)
+    data_axis = value.dim() + layout.data_dim
+    if value.shape[data_axis] != rows:
+        raise BroadcastError(
+            f"a log-density of shape {tuple(value.shape)} does not have {rows} rows at the "
+            f"data plate's dim {layout.data_dim}"
+        )
+    others = [a for a in range(1, value.dim()) if a != data_axis]
     if others:
         value = value.sum(dim=others, keepdim=True)
-    value = value.reshape(value.shape[0], value.shape[data_axis])
-    if value.shape[1] == 1 and num_rows != 1:
-        value = value / num_rows
-    return value.expand(value.shape[0], num_rows)
+    return value.reshape(value.shape[0], rows).expand(num_particles, rows)
+
+
+def global_terms(value, layout: PairTraces, num_particles: int) -> torch.Tensor:
+    """A log-density-like tensor of a site outside the data plate, summed to ``(particles,)``."""
+    value = _aligned(value, layout, num_particles)
+    return value.reshape(value.shape[0], -1).sum(1).expand(num_particles)

@@ -11,29 +11,40 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyro
 import pyro.optim
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoGuide
 from tqdm.auto import tqdm
 
 from . import distributed
 from . import params as param_io
 from .checkpoint import Checkpointer, fingerprint
-from .data import as_array, check_support, take, validate_data
+from .data import check_support
+from .dataset import Batch, Dataset, as_dataset
 from .errors import NumericalError, PairError, PplVaeError
-from .estimators import check_estimator, check_fallback, kl_sites, make_elbo
+from .estimators import (
+    check_estimator,
+    check_fallback,
+    check_reparameterized,
+    kl_sites,
+    make_elbo,
+)
 from .optim import ForeachAdam
+from .plates import scale_data_plate
 from .rng import forked
-from .traces import PairTraces, is_latent, is_observed, run_pair
+from .traces import PairTraces, is_guide_sample, is_latent, is_observed, run_pair
 from .warmup import LatentScale, anneal, kl_weight
 
 HISTORY_COLUMNS = ["step", "epoch", "elbo", "beta", "time_s"]
+DEFAULT_BATCH_SIZE = 128
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,7 @@ class StepInfo:
     epoch: int
     elbo: float
     time_s: float
-    batch: torch.Tensor
+    batch: Batch  # the minibatch's arguments; ``batch.args[0]`` is ``x`` of ``model(x)``
 
 
 @dataclass(frozen=True)
@@ -85,7 +96,7 @@ def fit(
     *,
     estimator: str = "sampled",
     num_steps: int = 1000,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     lr: float = 1e-3,
     optim: pyro.optim.PyroOptim | None = None,
     num_particles: int = 1,
@@ -101,15 +112,22 @@ def fit(
     resume: bool = False,
     jit: bool = False,
     validate_every_step: bool = False,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` on ``data`` by SVI, in Pyro's global param store.
 
     Args:
-        model, guide: plain Pyro functions of a minibatch ``x`` (first dim: the data plate).
-        data: tensor, numpy array (memory-mapped ones are read by index) or DataFrame.
+        model, guide: plain Pyro functions of a minibatch (first dim: the data plate).
+        data: one array (tensor, numpy array, memory-mapped ``.npy``, DataFrame), passed as
+            ``model(x)``; a tuple of per-row arrays, passed positionally (``model(x, y)``); or a
+            dict of them, passed by keyword. All are minibatched with one index; a floating
+            dtype is kept (see docs/pairs.md).
         estimator: ``"sampled"`` (``Trace_ELBO``: KL by Monte Carlo, log q − log p) or
             ``"analytic"`` (``TraceMeanField_ELBO``: closed-form KL where registered).
-        num_steps, batch_size, lr: SVI steps, rows per minibatch, Adam's learning rate.
+        num_steps, batch_size, lr: SVI steps, rows per minibatch (default 128, or all rows
+            when there are fewer), Adam's learning rate. With global latents (guide sites
+            outside the data plate) the data-plate sites are scaled by N/B, so each step's
+            objective is an unbiased estimate of the full-data ELBO.
         optim: any ``pyro.optim`` optimizer instead of the default Adam at ``lr``
             (:class:`~ppl_vae.optim.ForeachAdam`: the numbers of ``pyro.optim.Adam``, one
             multi-tensor update for all parameters).
@@ -138,6 +156,7 @@ def fit(
             [0, 1]) trains on silently without this flag: constrain such parameters
             (``pyro.param(..., constraint=...)``, a sigmoid). Validation cost 7-15% of a step
             in ``make bench`` (docs/performance.md).
+        model_kwargs: constant keyword arguments passed to model and guide with every step.
 
     Parameters already in the param store are trained further; call
     ``pyro.clear_param_store()`` first for a fresh start.
@@ -151,6 +170,10 @@ def fit(
             and ``resume`` is False.
     """
     check_estimator(estimator)
+    dataset = as_dataset(data, model_kwargs)
+    n = dataset.rows
+    if batch_size is None:
+        batch_size = min(DEFAULT_BATCH_SIZE, n)
     _check_positive(num_steps=num_steps, batch_size=batch_size, num_particles=num_particles)
     if not lr > 0:
         raise PplVaeError(f"lr must be > 0, not {lr}")
@@ -161,8 +184,10 @@ def fit(
                           "drop jit=True or kl_warmup")
     if optim is not None and clip_norm is not None:
         raise PplVaeError("clip_norm applies to the default optimizer; pass clip_args to optim")
-    array = as_array(data)
-    validate_data(array, batch_size)
+    if jit and (dataset.keyword or dataset.extras):
+        raise PplVaeError("jit=True compiles positional tensor arguments only; pass the data "
+                          "as a tuple (model(x, y)) without model_kwargs, or drop jit=True")
+    dataset.validate(batch_size)
     saver = None  # refuses a checkpoint_dir that holds a checkpoint unless resuming
     if checkpoint_dir is not None or resume:
         saver = Checkpointer(checkpoint_dir, checkpoint_every, resume)
@@ -171,18 +196,24 @@ def fit(
 
     group = distributed.world()
     distributed.check_batch(batch_size, group)
-    layout = _probe(model, guide, array, batch_size // group.size, device)
+    layout = _probe(model, guide, dataset, batch_size // group.size, device)
     sites = kl_sites(layout, estimator)
+    check_reparameterized(sites, estimator)
     check_fallback(sites, estimator, strict)
+    _check_autoguide(guide, layout, batch_size, n)
+    scaled = bool(layout.global_sites())  # then each step estimates the full-data ELBO
+    if scaled:
+        model = scale_data_plate(model, n / batch_size, layout.data_plate)
+        guide = scale_data_plate(guide, n / batch_size, layout.data_plate)
     if group.size > 1:  # data-parallel: same start everywhere, independent noise per rank
         distributed.broadcast_params()
         pyro.set_rng_seed(seed + group.rank)
-        model = distributed.shard_scaled(model, group, layout.data_dim)
-        guide = distributed.shard_scaled(guide, group, layout.data_dim)
+        model = distributed.shard_scaled(model, group, layout.data_plate)
+        guide = distributed.shard_scaled(guide, group, layout.data_plate)
 
     elbo = make_elbo(estimator, num_particles, layout.max_plate_nesting, jit=jit)
     if jit:
-        _compile(elbo, model, guide, take(array, torch.arange(batch_size // group.size)), device)
+        _compile(elbo, model, guide, dataset.head(batch_size // group.size), device)
     beta = LatentScale()
     if kl_warmup:
         model, guide = anneal(model, beta), anneal(guide, beta)
@@ -190,11 +221,10 @@ def fit(
         clip = {"clip_norm": clip_norm} if clip_norm is not None else {}
         optim = ForeachAdam({"lr": lr}, clip)
 
-    n = array.shape[0]
+    per_datapoint = n if scaled else batch_size  # the loss estimates this many rows' ELBO
     batches_per_epoch = n // batch_size
     order = torch.Generator().manual_seed(seed)
-    if isinstance(array, torch.Tensor):
-        array = array.to(device)
+    dataset = dataset.to(device)
     rows: list[tuple] = []
     elapsed, running, stopped, permutation = 0.0, math.nan, False, None
     if saver:  # resume: parameters in place, optimizer, RNGs, order, history
@@ -202,7 +232,7 @@ def fit(
             raise PplVaeError("checkpoints need a single process; drop checkpoint_dir or nproc")
         settings = dict(estimator=estimator, batch_size=batch_size, num_particles=num_particles,
                         seed=seed, kl_warmup=kl_warmup, lr=lr, clip_norm=clip_norm, jit=jit)
-        where = fingerprint(layout, array, **settings)
+        where = fingerprint(layout, dataset, **settings)
         rows, elapsed, permutation = saver.restore(where, optim, order, num_steps)
     quiet = not progress or group.rank > 0
     bar = tqdm(total=num_steps, initial=len(rows), disable=quiet, desc=f"fit[{estimator}]",
@@ -215,7 +245,7 @@ def fit(
             if position == 0:
                 permutation = torch.randperm(n, generator=order)
             index = permutation[position * batch_size : (position + 1) * batch_size]
-            x = take(array, distributed.shard(index, group)).to(device, non_blocking=True)
+            x = dataset.take(distributed.shard(index, group)).to(device, non_blocking=True)
             beta.beta = kl_weight(step, kl_warmup)
             validated = validate_every_step or step == first
             try:
@@ -231,7 +261,7 @@ def fit(
             if not (grads_finite and math.isfinite(loss)):
                 invalid = None if validated else _validation_error(model, guide, x)
                 raise _numerical_error(step, loss, model, guide, x, rows, saver, invalid)
-            value = -loss / batch_size
+            value = -loss / per_datapoint
             elapsed += time.perf_counter() - started
             rows.append((step, epoch, value, beta.beta, elapsed))
             running = value if math.isnan(running) else 0.98 * running + 0.02 * value
@@ -266,25 +296,42 @@ def _check_positive(**values: int) -> None:
             raise PplVaeError(f"{name} must be a positive integer, not {value!r}")
 
 
-def _probe(model, guide, array, batch_size: int, device: torch.device) -> PairTraces:
+def _probe(model, guide, dataset: Dataset, batch_size: int, device: torch.device) -> PairTraces:
     """Run the pair on the first minibatch, check the data's support, move params to device."""
-    x = take(array, torch.arange(batch_size))
+    x = dataset.head(batch_size)
     layout = run_pair(model, guide, x)
+    arrays = [a for _, a in dataset.arrays]
     for name, site in layout.model.nodes.items():
         if not is_observed(site):
             continue
         support = site["fn"].support
-        if site["value"] is x:
-            check_support(array, name, support, torch.device("cpu"))
+        whole = [a for a, t in zip(arrays, x.tensors, strict=True) if site["value"] is t]
+        if whole:
+            check_support(whole[0], name, support, torch.device("cpu"))
         else:
-            check_support(site["value"].reshape(x.shape[0], -1), name, support, x.device)
+            value = site["value"]
+            rows = value.reshape(x.rows, -1) if value.dim() and value.shape[0] == x.rows else value
+            check_support(rows.reshape(rows.shape[0] if rows.dim() else 1, -1), name, support,
+                          value.device)
     with torch.no_grad():
         for _, unconstrained in pyro.get_param_store().named_parameters():
             unconstrained.data = unconstrained.data.to(device)
     return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
 
 
-def _compile(elbo, model, guide, x: torch.Tensor, device: torch.device) -> None:
+def _check_autoguide(guide, layout: PairTraces, batch_size: int, rows: int) -> None:
+    """An autoguide's local sites have one parameter per row of the plate it first saw: it
+    cannot train on minibatches of a larger data set."""
+    local = [n for n, s in layout.guide.nodes.items() if is_guide_sample(s) and layout.is_local(s)]
+    if isinstance(guide, AutoGuide) and local and batch_size < rows:
+        raise PairError(
+            f"the autoguide {type(guide).__name__} has local site(s) {local} in the data plate "
+            f"{layout.data_plate!r}, whose parameters are one per row of the whole data; train "
+            f"it on the whole data (batch_size={rows}) or write an amortized guide"
+        )
+
+
+def _compile(elbo, model, guide, x: Batch, device: torch.device) -> None:
     """Trace a JIT ELBO before training, outside the random streams, freeing its gradients.
 
     Tracing runs the pair twice more than a step does; done inside step 1 it would shift every
@@ -292,7 +339,8 @@ def _compile(elbo, model, guide, x: torch.Tensor, device: torch.device) -> None:
     uninterrupted one.
     """
     with forked():
-        elbo.loss_and_grads(model, guide, x.to(device))
+        x = x.to(device)
+        elbo.loss_and_grads(model, guide, *x.args, **x.kwargs)
     for _, p in pyro.get_param_store().named_parameters():
         p.grad = None
 
@@ -302,7 +350,7 @@ def _validation(on: bool):
     return contextlib.nullcontext() if on else pyro.validation_enabled(False)
 
 
-def _validation_error(model, guide, x: torch.Tensor) -> ValueError | None:
+def _validation_error(model, guide, x: Batch) -> ValueError | None:
     """The ``ValueError`` (an invalid parameter) that running the pair on ``x`` raises under
     the user's validation setting, or None; the random streams are untouched."""
     with forked(), torch.no_grad():
@@ -313,13 +361,13 @@ def _validation_error(model, guide, x: torch.Tensor) -> ValueError | None:
     return None
 
 
-def _svi_step(elbo, optim, model, guide, x, group: distributed.World) -> tuple[float, bool]:
+def _svi_step(elbo, optim, model, guide, x: Batch, group: distributed.World) -> tuple[float, bool]:
     """One ``SVI.step``: (loss, gradients finite). Nothing is applied unless both are finite.
 
     With several processes, gradients and loss are averaged over them first (by name order).
     """
     with poutine.trace(param_only=True) as capture:
-        loss = elbo.loss_and_grads(model, guide, x)
+        loss = elbo.loss_and_grads(model, guide, *x.args, **x.kwargs)
     nodes = capture.trace.nodes
     params = [nodes[name]["value"].unconstrained() for name in sorted(nodes)]
     if group.size > 1:

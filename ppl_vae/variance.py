@@ -42,22 +42,24 @@ materializes m gradients of every weight matrix; measured by ``benchmarks/vector
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 import pyro
 import torch
 from pyro import poutine
 
+from .dataset import Batch, as_dataset
 from .errors import EstimatorError
 from .estimators import check_estimator
-from .evaluation import ParticleTerms, particle_terms
+from .particles import ParticleTerms, particle_terms
 from .rng import seeded
 from .traces import (
     PairTraces,
-    in_data_plate,
+    global_terms,
     is_latent,
-    per_datapoint,
+    local_terms,
     run_pair,
     with_particles,
 )
@@ -116,7 +118,7 @@ def particles_per_draw(layout: PairTraces, estimators: Sequence[str], iwae_parti
     outside = [
         name
         for name, site in layout.model.nodes.items()
-        if is_latent(site) and not in_data_plate(site, layout.data_dim)
+        if is_latent(site) and not layout.is_local(site)
     ]
     if outside:
         raise EstimatorError(
@@ -127,20 +129,34 @@ def particles_per_draw(layout: PairTraces, estimators: Sequence[str], iwae_parti
     return int(iwae_particles)
 
 
+def minibatch(x, model_kwargs=None) -> Batch:
+    """All rows of ``x`` (an array, or a tuple or dict of per-row arrays) as one batch."""
+    if isinstance(x, Batch):
+        return x
+    dataset = as_dataset(x, model_kwargs)
+    dataset.validate()
+    return dataset.head(dataset.rows)
+
+
 def fixed_log_q(
-    guide: Callable, x: torch.Tensor, terms: ParticleTerms, layout: PairTraces
+    guide: Callable, x: Batch, terms: ParticleTerms, layout: PairTraces
 ) -> dict[str, torch.Tensor]:
-    """log q(z̄|x) per latent site and particle, with z̄ the detached draws of ``terms``: the
-    guide is run once more, conditioned on them, so only its parameters carry gradients."""
+    """log q(z̄|x) per site of q and particle, with z̄ the detached draws of ``terms``: the
+    guide is run once more, conditioned on them, so only its parameters carry gradients.
+    Global sites are shared out evenly over the rows, as in :meth:`ParticleTerms.spread`."""
     num_particles, n = terms.log_likelihood.shape
     draws = {site: value.detach() for site, value in terms.values.items()}
     guide = with_particles(guide, num_particles, layout.max_plate_nesting)
-    trace = poutine.trace(poutine.condition(guide, data=draws)).get_trace(x)
+    trace = poutine.trace(poutine.condition(guide, data=draws)).get_trace(*x.args, **x.kwargs)
     trace.compute_log_prob()
-    return {
-        s: per_datapoint(trace.nodes[s]["log_prob"], layout, n).expand(num_particles, n)
-        for s in draws
-    }
+
+    def rows(site: dict) -> torch.Tensor:
+        if layout.is_local(site):
+            return local_terms(site["log_prob"], layout, num_particles, n)
+        shared = global_terms(site["log_prob"], layout, num_particles) / n
+        return shared.unsqueeze(1).expand(num_particles, n)
+
+    return {s: rows(trace.nodes[s]) for s in draws}
 
 
 def param_groups(layout: PairTraces) -> dict[str, list[str]]:
@@ -159,6 +175,7 @@ def estimate_draws(
     *,
     iwae_particles: int = 5,
     seed: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """``num_draws`` ELBO estimates on minibatch ``x`` at the current parameters.
 
@@ -166,11 +183,12 @@ def estimate_draws(
     datapoint of one draw's estimate; one draw of ``"iwae"`` is ``iwae_particles`` particles).
     All estimators score the same draws.
     """
+    x = minibatch(x, model_kwargs)
     with torch.no_grad(), seeded(seed):
         layout = run_pair(model, guide, x)
         group = particles_per_draw(layout, estimators, iwae_particles)
     with torch.no_grad(), seeded(seed):
-        terms = particle_terms(model, guide, x, num_draws * group, layout)
+        terms = particle_terms(model, guide, x, num_draws * group, layout).spread()
         frames = []
         for estimator in estimators:
             elbo, kl = estimator_elbo(terms, estimator, group=group)
@@ -197,6 +215,7 @@ def gradient_draws(
     chunk: int | None = None,
     iwae_particles: int = 5,
     seed: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Per estimator and parameter name, ``num_draws`` gradients of the minibatch loss.
 
@@ -207,6 +226,7 @@ def gradient_draws(
         EstimatorError: a guide site is not reparameterized (its score-function gradient
             term is not what these per-draw pathwise gradients measure).
     """
+    x = minibatch(x, model_kwargs)
     with seeded(seed):
         layout = run_pair(model, guide, x)
     _check_reparameterized(layout)
@@ -222,7 +242,7 @@ def gradient_draws(
         per_estimator: dict[str, list[list[torch.Tensor]]] = {e: [] for e in estimators}
         for start in range(0, num_draws, chunk):
             m = min(chunk, num_draws - start)
-            terms = particle_terms(model, guide, x, m * group, layout)
+            terms = particle_terms(model, guide, x, m * group, layout).spread()
             fixed = fixed_log_q(guide, x, terms, layout) if "stl" in estimators else None
             losses = torch.cat(
                 [-estimator_elbo(terms, e, fixed, group)[0].sum(1) for e in estimators]
@@ -254,13 +274,16 @@ def gradient_variance(
     chunk: int | None = None,
     iwae_particles: int = 5,
     seed: int | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> pd.DataFrame:
     """Total gradient variance and SNR per estimator and parameter group (see module doc).
 
     Args:
         groups: group name → parameter names; default encoder (φ) and decoder (θ).
         num_draws: R ≥ 2 gradient draws on ``x`` at the current parameters.
+        x: the minibatch: an array, or a tuple or dict of per-row arrays (as ``fit``'s data).
         iwae_particles: K, the particles of one ``"iwae"`` draw.
+        model_kwargs: constant keyword arguments passed to model and guide.
         chunk: draws per vectorized pass; default :func:`default_chunk` of the parameter count.
 
     Returns:
@@ -278,10 +301,11 @@ def gradient_variance(
         chunk=chunk,
         iwae_particles=iwae_particles,
         seed=seed,
+        model_kwargs=model_kwargs,
     )
     if groups is None:
         with torch.no_grad(), seeded(seed):
-            groups = param_groups(run_pair(model, guide, x))
+            groups = param_groups(run_pair(model, guide, minibatch(x, model_kwargs)))
     rows = []
     for estimator, grads in draws.items():
         for group, names in groups.items():

@@ -12,7 +12,7 @@ import torch
 
 import ppl_vae
 from models import linear_gaussian as lg
-from ppl_vae.evaluation import particle_terms
+from ppl_vae.particles import particle_terms
 from ppl_vae.traces import run_pair
 
 

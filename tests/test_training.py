@@ -11,6 +11,7 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 import ppl_vae
+import ppl_vae.particles
 from models import bernoulli_vae, linear_gaussian, mixture_prior_vae
 from ppl_vae.traces import run_pair
 from ppl_vae.warmup import LatentScale, anneal, kl_weight
@@ -48,7 +49,7 @@ def test_fit_result_history_and_sites(binary_digits):
     assert h["time_s"].is_monotonic_increasing and (h["beta"] == 1).all()
     assert h["elbo"].iloc[-5:].mean() > h["elbo"].iloc[:5].mean()  # it learns
     assert result.sites.to_dict("records") == [{
-        "site": "z", "q": "Independent(Normal)", "p": "Independent(Normal)",
+        "site": "z", "q": "Independent(Normal)", "p": "Independent(Normal)", "scope": "local",
         "closed_form_available": True, "kl": "closed-form",
     }]
     assert set(result.params) == set(pyro.get_param_store().keys())
@@ -113,12 +114,23 @@ def test_autonormal_guide_with_a_global_latent():
     guide = AutoNormal(model)
     result = ppl_vae.fit(model, guide, x, estimator="analytic", num_steps=800,
                          batch_size=300, lr=0.05)
-    assert set(result.sites["site"]) == {"mu", "z"}
+    sites = result.sites.set_index("site")
+    # AutoNormal's density lives on auxiliary *_unconstrained sites; the Delta sites are never
+    # closed-form (Pyro's KL(Delta||p) would drop their log_density)
+    assert sites["kl"].to_dict() == {
+        "mu_unconstrained": "sampled (auxiliary)", "mu": "sampled",
+        "z_unconstrained": "sampled (auxiliary)", "z": "sampled",
+    }
+    assert sites["scope"].to_dict() == {
+        "mu_unconstrained": "global", "mu": "global", "z_unconstrained": "local", "z": "local"
+    }
     median = guide.median(x)
     assert abs(float(median["mu"]) - float(x.mean())) < 0.15
     terms = ppl_vae.evaluate(model, guide, x, num_particles=50, batch_size=300, seed=0)
-    # the global site's KL is shared out evenly over the rows
-    assert np.allclose(terms["kl[mu]"], terms["kl[mu]"].iloc[0])
+    # the global site's KL is counted once, in the joint ELBO, not per row
+    assert terms.attrs["global_sites"] == ["mu_unconstrained", "mu"] and "kl[mu]" not in terms
+    joint = terms.attrs["joint"]
+    assert joint["elbo"] == pytest.approx(terms["elbo"].sum() - joint["kl_global"])
 
 
 @pytest.mark.parametrize("data_type", ["numpy", "dataframe", "int-tensor"])
@@ -150,7 +162,7 @@ def test_kl_warmup_scales_the_kl_term_of_both_estimators(binary_digits, estimato
             return elbo.loss(anneal(model, scale), anneal(guide, scale), x)
 
     with ppl_vae.rng.seeded(7):
-        terms = ppl_vae.evaluation.particle_terms(model, guide, x, 1, layout)
+        terms = ppl_vae.particles.particle_terms(model, guide, x, 1, layout)
     kl = terms.kl("z", closed_form=estimator == "analytic").sum().item()
     assert loss_at(0.25) - loss_at(1.0) == pytest.approx(-0.75 * kl, rel=1e-4)
     assert [kl_weight(s, 4) for s in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]

@@ -23,7 +23,7 @@ DTYPES = st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.int32,
                           np.uint8, np.bool_])  # fmt: skip
 SHAPES = hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=7)
 FEW = settings(max_examples=60, deadline=None)
-# float64 beyond float32's range becomes inf when ppl_vae casts it, and numpy says so
+# a float16 or integer beyond float32's range becomes inf when ppl_vae casts it
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 
 
@@ -44,11 +44,16 @@ def arrays_with_faults(draw, dtype=DTYPES):
     return values
 
 
+def trained_dtype(values: np.ndarray) -> type:
+    """What ppl_vae trains on: float32 and float64 as they are, other dtypes as float32."""
+    return values.dtype.type if values.dtype in (np.float32, np.float64) else np.float32
+
+
 def first_fault(values: np.ndarray) -> tuple[int, int] | None:
     """numpy's answer: (row, flattened column) of the first non-finite entry, row-major, in
-    float32 (what ppl_vae trains on: a float64 beyond float32's range becomes inf)."""
+    the dtype ppl_vae trains on."""
     with np.errstate(over="ignore"):
-        bad = ~np.isfinite(values.astype(np.float32).reshape(values.shape[0], -1))
+        bad = ~np.isfinite(values.astype(trained_dtype(values)).reshape(values.shape[0], -1))
     if not bad.any():
         return None
     row, col = np.argwhere(bad)[0]
@@ -62,7 +67,7 @@ def _check_validation(values: np.ndarray, data) -> None:
         return
     row, col = expected
     with np.errstate(over="ignore"):
-        value = float(np.float32(values.reshape(values.shape[0], -1)[row, col]))
+        value = float(trained_dtype(values)(values.reshape(values.shape[0], -1)[row, col]))
     with pytest.raises(ppl_vae.DataError, match=rf"non-finite value \({value}\) at row {row}, "
                        rf"column {col} \(from 0\)"):  # fmt: skip
         validate_data(data)
@@ -71,11 +76,14 @@ def _check_validation(values: np.ndarray, data) -> None:
 @FEW
 @given(arrays_with_faults())
 def test_in_memory_data_is_refused_exactly_at_its_first_fault(values):
-    """The error names numpy's first non-finite entry; finite data of any numeric dtype passes
-    and becomes float32 with the values numpy's cast gives."""
+    """The error names numpy's first non-finite entry; finite data of any numeric dtype passes:
+    float32 and float64 keep their dtype, others become float32 (torch's default dtype) with
+    the values numpy's cast gives."""
+    kept = trained_dtype(values)
     with np.errstate(over="ignore"):
-        tensor, expected = as_tensor(values), values.astype(np.float32)
-    assert tensor.dtype == torch.float32 and tuple(tensor.shape) == values.shape
+        tensor, expected = as_tensor(values), values.astype(kept)
+    assert tensor.dtype == torch.from_numpy(expected).dtype
+    assert tuple(tensor.shape) == values.shape
     assert np.array_equal(tensor.numpy(), expected, equal_nan=True)
     from_torch = as_tensor(torch.from_numpy(values.copy()))
     assert np.array_equal(from_torch.numpy(), expected, equal_nan=True)
@@ -101,12 +109,14 @@ def test_memory_mapped_data_is_read_in_chunks_and_refused_at_the_same_place(valu
     lambda a: a.ndim == 2))  # fmt: skip
 def test_csv_files_are_refused_at_the_same_row_and_column(values):
     """Written to CSV and read back by load_data: the same first fault (a CSV row is a data
-    row, the header is not counted)."""
+    row, the header is not counted; text has no dtype, so it is read as torch's default)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.csv"
         pd.DataFrame(values, columns=[f"c{j}" for j in range(values.shape[1])]).to_csv(
             path, index=False)  # fmt: skip
-        _check_validation(values, ppl_vae.data._load_file(str(path)))
+        with np.errstate(over="ignore"):
+            as_read = values.astype(np.float32)
+        _check_validation(as_read, ppl_vae.data._load_file(str(path)))
 
 
 @FEW

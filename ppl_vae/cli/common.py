@@ -10,7 +10,8 @@ from pathlib import Path
 import pyro
 import torch
 
-from ..data import Array, as_tensor, load_data, take
+from ..data import Array, as_tensor, load_arrays, load_data
+from ..dataset import as_dataset
 from ..errors import DataError, OutputError
 from ..estimators import ESTIMATORS
 from ..pair import ModelGuidePair, load_pair
@@ -33,7 +34,8 @@ def add_pair_options(parser: argparse.ArgumentParser) -> None:
         default="digits",
         metavar="SOURCE",
         help="'digits' (embedded 8x8 digits, fixed 80/20 train/test split) or a .npy "
-        "(memory-mapped), .npz[:KEY] or .csv file (default: digits)",
+        "(memory-mapped), .npz[:KEY] or .csv file; a .npz of several arrays (no :KEY) is "
+        "passed by keyword, model(x=..., y=...) for arrays x and y (default: digits)",
     )
     parser.add_argument(
         "--test-data",
@@ -51,7 +53,9 @@ def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
     """--steps, --seed, --batch-size, --lr, --particles, --kl-warmup, --device, --clip-norm."""
     parser.add_argument("--steps", type=int, default=steps, help=f"SVI steps (default {steps})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=128, help="minibatch rows (128)")
+    parser.add_argument(
+        "--batch-size", type=int, help="minibatch rows (default 128, or all rows if fewer)"
+    )
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
     parser.add_argument(
         "--particles", type=int, default=1, help="ELBO particles per step, vectorized (1)"
@@ -88,9 +92,28 @@ class Inputs:
     """A loaded pair with its training and (optional) held-out data."""
 
     pair: ModelGuidePair
-    train: Array
-    test: torch.Tensor | None
+    train: Array | dict[str, torch.Tensor]
+    test: torch.Tensor | dict[str, torch.Tensor] | None
     description: str
+
+
+def load_source(source: str):
+    """A data file as fit takes it: one array, or a .npz of several arrays as a dict."""
+    if source.lower().endswith(".npz"):
+        arrays = load_arrays(source)
+        if len(arrays) > 1:
+            return arrays
+    return load_data(source)
+
+
+def data_width(data) -> int:
+    """The width of the data (of its first array for keyword data): what x_dim means."""
+    first = next(iter(data.values())) if isinstance(data, dict) else data
+    return int(first.shape[1]) if first.ndim > 1 else 1
+
+
+def _rows(data) -> int:
+    return as_dataset(data).rows
 
 
 def load_inputs(args: argparse.Namespace) -> Inputs:
@@ -99,9 +122,9 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
         train: Array = load_data("digits", split="train")
         test: torch.Tensor | None = as_tensor(load_data("digits", split="test"))
     else:
-        train = load_data(args.data)
-        test = as_tensor(load_data(args.test_data)) if args.test_data else None
-    x_dim = int(train.shape[1]) if train.ndim > 1 else 1
+        train = load_source(args.data)
+        test = _in_memory(load_source(args.test_data)) if args.test_data else None
+    x_dim = data_width(train)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     pair = load_pair(args.model, x_dim=x_dim)
@@ -110,18 +133,38 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
             f"the data has {x_dim} columns but pair {pair.name!r} was built for {pair.x_dim}; "
             "give data of that width or a pair whose make_pair takes x_dim"
         )
-    if test is not None and test.shape[1:] != train.shape[1:]:
-        raise DataError(
-            f"test data rows have shape {tuple(test.shape[1:])} but training rows have "
-            f"{tuple(train.shape[1:])}; give held-out data of the same width"
-        )
+    _check_test_shape(train, test)
     if args.binarize or (pair.binary and args.data == "digits"):
+        if isinstance(train, dict):
+            raise DataError("--binarize applies to one data array, not a .npz of several; "
+                            "store the arrays binarized")
         train = (as_tensor(train) > 0.5).to(torch.float32)
         test = None if test is None else (test > 0.5).to(torch.float32)
     for module in pair.modules:
         module.to(args.device)
-    rows = f"{train.shape[0]} train" + ("" if test is None else f" / {test.shape[0]} test")
+    rows = f"{_rows(train)} train" + ("" if test is None else f" / {_rows(test)} test")
     return Inputs(pair, train, test, f"{pair.name} on {args.data} ({rows} rows)")
+
+
+def _in_memory(data):
+    return {k: as_tensor(v) for k, v in data.items()} if isinstance(data, dict) else as_tensor(data)
+
+
+def _check_test_shape(train, test) -> None:
+    """Held-out rows must have the training rows' shape (per array for keyword data)."""
+    if test is None:
+        return
+    pairs = (
+        [(k, train[k], test.get(k)) for k in train] if isinstance(train, dict)
+        else [("data", train, None if isinstance(test, dict) else test)]
+    )
+    for name, a, b in pairs:
+        if b is None or tuple(b.shape[1:]) != tuple(a.shape[1:]):
+            have = None if b is None else tuple(b.shape[1:])
+            raise DataError(
+                f"test data {name!r} rows have shape {have} but training rows have "
+                f"{tuple(a.shape[1:])}; give held-out data of the same arrays and widths"
+            )
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -149,12 +192,13 @@ def load_run(run_dir: str | Path) -> tuple[Inputs, dict]:
         device="cpu",
     )
     inputs = load_inputs(args)
-    if int(inputs.train.shape[1]) != int(summary["x_dim"]):
+    width = data_width(inputs.train)
+    if width != int(summary["x_dim"]):
         raise DataError(
             f"the run was trained on {summary['x_dim']} columns but {summary['data']!r} now has "
-            f"{inputs.train.shape[1]}; give the run the data it was trained on"
+            f"{width}; give the run the data it was trained on"
         )
     with torch.no_grad():  # registers pyro.module's own Parameters, so loading reaches them
-        run_pair(*inputs.pair, as_tensor(take(inputs.train, torch.arange(2))))
+        run_pair(*inputs.pair, as_dataset(inputs.train).head(2))
     load_params(run_dir / "params.pt")
     return inputs, summary

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import arviz_compat
+from ..dataset import as_dataset
 from ..diagnostics import vi_diagnostics
 from ..errors import DataError
 from ..inference_data import OBS_DIM, to_inference_data
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     data = inputs.test if split == "test" else inputs.train
     seed = summary["seed"] if args.seed is None else args.seed
     model, guide = inputs.pair
-    rows = list(range(min(args.rows, data.shape[0])))
+    total = as_dataset(data).rows
+    rows = list(range(min(args.rows, total)))
     idata = to_inference_data(
         model,
         guide,
@@ -106,12 +108,14 @@ def run(args: argparse.Namespace) -> int:
                 "command": command_line(args),
                 "run": str(args.run_dir),
                 "split": split,
-                "rows": int(data.shape[0]),
+                "rows": total,
                 "exported_rows": len(rows),
                 "samples": args.samples,
                 "khat_samples": args.khat_samples,
                 "seed": seed,
                 "verdict": table.attrs["verdict"],
+                "global_sites": table.attrs["global_sites"],
+                "joint_khat": table.attrs.get("joint_khat"),
                 "khat_counts": {k: int(v) for k, v in table["verdict"].value_counts().items()},
                 "versions": versions(),
             },
@@ -129,8 +133,10 @@ def _figures(idata, khat: np.ndarray, folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     latents = list(arviz_compat.variables(idata))
-    first = arviz_compat.coordinate(idata, "posterior", OBS_DIM)[:2].tolist()
-    posterior = arviz_compat.plot_posterior(idata, latents, {OBS_DIM: first})
+    row = idata.attrs.get("row_dim", OBS_DIM)
+    local = any(row in arviz_compat.variables(idata)[name] for name in latents)
+    coords = {row: arviz_compat.coordinate(idata, "posterior", row)[:2].tolist()} if local else {}
+    posterior = arviz_compat.plot_posterior(idata, latents, coords)
     _save(plt, posterior, folder / "posterior.png")
     _save(plt, arviz_compat.plot_ppc(idata), folder / "ppc.png")
     _save(plt, arviz_compat.plot_khat(khat), folder / "khat.png")

@@ -1,0 +1,332 @@
+r"""The particle engine: K draws of the whole guide q, scored under the model, per row and joint.
+
+For particles :math:`k = 1..K` of q, with global latents :math:`\theta_k` (guide sites outside
+the data plate, an autoguide's auxiliary sites among them) and local latents :math:`z_{n,k}`
+(sites in the data plate), the log importance weight of the data set factorizes as
+
+.. math:: \log w_k = \underbrace{\log p(\theta_k) - \log q(\theta_k)}_{\text{global}}
+          + \sum_n \underbrace{\log p(x_n, z_{n,k} | \theta_k) - \log q(z_{n,k} | x_n,
+          \theta_k)}_{\text{local, row } n}.
+
+Every guide sample site counts in log q, including auxiliary sites and the ``log_density`` of
+Delta sites (the Jacobian of an autoguide's constrained site). Each global site is drawn once
+per particle for the whole data set: the first batch draws it, later batches replay it, so no
+number depends on the evaluation batch size.
+
+Particles are vectorized under a plate at ``-(max_plate_nesting + 1)``. A pair whose networks
+do not broadcast over that extra dim is run once per particle instead, with the same numbers
+(:class:`ParticleLoopWarning` says so once).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from pyro.poutine.trace_struct import Trace
+
+from .dataset import Batch, Dataset
+from .errors import PairError
+from .estimators import closed_form_kl
+from .traces import (
+    BroadcastError,
+    PairTraces,
+    as_batch,
+    global_terms,
+    is_guide_sample,
+    is_latent,
+    is_observed,
+    local_terms,
+    trace_pair,
+    with_particles,
+)
+
+_PAIR_FAILURES = (RuntimeError, ValueError, TypeError, IndexError, AssertionError, KeyError)
+
+
+class ParticleLoopWarning(UserWarning):
+    """The pair does not broadcast over a particle dim, so particles are drawn one by one."""
+
+
+def kl_term(terms, site: str, closed_form: bool) -> torch.Tensor:
+    """A site's KL term: its closed form if asked for and available, else log q − log p."""
+    closed = terms.closed_kl[site]
+    if closed_form and closed is not None:
+        return closed
+    return terms.log_q[site] - terms.log_prior[site]
+
+
+@dataclass(frozen=True)
+class GlobalTerms:
+    """Log-density terms of the global sites and global observations, each ``(K,)``."""
+
+    log_likelihood: torch.Tensor
+    log_prior: dict[str, torch.Tensor] = field(default_factory=dict)
+    log_q: dict[str, torch.Tensor] = field(default_factory=dict)
+    closed_kl: dict[str, torch.Tensor | None] = field(default_factory=dict)
+
+    def log_weight(self) -> torch.Tensor:
+        """log p(θ) − log q(θ) plus any observation outside the data plate, per particle."""
+        return self.log_likelihood + sum(
+            (self.log_prior[s] - self.log_q[s] for s in self.log_q),
+            torch.zeros_like(self.log_likelihood),
+        )
+
+    def kl(self, site: str, closed_form: bool) -> torch.Tensor:
+        """The KL term of global ``site`` per particle (see :func:`kl_term`)."""
+        return kl_term(self, site, closed_form)
+
+
+@dataclass(frozen=True)
+class ParticleTerms:
+    """Log-density terms per particle: local ones per row ``(K, N)``, global ones ``(K,)``.
+
+    ``log_prior``/``log_q``/``closed_kl`` hold the local sites (an auxiliary site has log p = 0);
+    ``globals`` the global ones. ``values`` are the guide's draws (particle dim first).
+    """
+
+    log_likelihood: torch.Tensor  # sum over observed sites in the data plate of log p(x|z)
+    log_prior: dict[str, torch.Tensor]
+    log_q: dict[str, torch.Tensor]
+    closed_kl: dict[str, torch.Tensor | None]
+    globals: GlobalTerms
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+    observed: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def log_weights(self) -> torch.Tensor:
+        """Per row, log p(x_n, z_n | θ) − log q(z_n | x_n, θ): the local log weights ``(K, N)``."""
+        return self.log_likelihood + sum(
+            (self.log_prior[s] - self.log_q[s] for s in self.log_q),
+            torch.zeros_like(self.log_likelihood),
+        )
+
+    def joint_log_weight(self) -> torch.Tensor:
+        """log w_k of the whole data set (module doc), ``(K,)``."""
+        return self.globals.log_weight() + self.log_weights().sum(1)
+
+    def kl(self, site: str, closed_form: bool) -> torch.Tensor:
+        """The KL term of local ``site`` per particle and row: closed-form if asked for and
+        available, else log q − log p."""
+        return kl_term(self, site, closed_form)
+
+    def spread(self) -> ParticleTerms:
+        """The global terms shared out evenly over the rows (1/N each), as local ones: for
+        per-minibatch estimators, whose rows then sum to the joint terms."""
+        n = self.log_likelihood.shape[1]
+        g = self.globals
+
+        def even(v):
+            return None if v is None else (v / n).unsqueeze(1).expand(-1, n)
+
+        return replace(
+            self,
+            log_likelihood=self.log_likelihood + even(g.log_likelihood),
+            log_prior=self.log_prior | {s: even(v) for s, v in g.log_prior.items()},
+            log_q=self.log_q | {s: even(v) for s, v in g.log_q.items()},
+            closed_kl=self.closed_kl | {s: even(v) for s, v in g.closed_kl.items()},
+            globals=GlobalTerms(torch.zeros_like(g.log_likelihood)),
+        )
+
+
+def score(
+    model_trace: Trace, guide_trace: Trace, layout: PairTraces, num_particles: int, rows: int
+) -> ParticleTerms:
+    """The terms of one run of the pair (``num_particles`` particles vectorized, or 1)."""
+    guide_trace.compute_log_prob()
+    model_trace.compute_log_prob()
+    local: dict[str, dict] = {"p": {}, "q": {}, "kl": {}}
+    glob: dict[str, dict] = {"p": {}, "q": {}, "kl": {}}
+    values = {}
+    for name, site in guide_trace.nodes.items():
+        if not is_guide_sample(site):
+            continue
+        model_site = model_trace.nodes.get(name)
+        latent = model_site is not None and is_latent(model_site)
+        inside = layout.is_local(site)
+        terms = local if inside else glob
+
+        def reduce(v, inside=inside):
+            if inside:
+                return local_terms(v, layout, num_particles, rows)
+            return global_terms(v, layout, num_particles)
+
+        terms["q"][name] = reduce(site["log_prob"])
+        terms["p"][name] = reduce(model_site["log_prob"]) if latent else 0 * terms["q"][name]
+        closed = closed_form_kl(site, model_site) if latent else None
+        terms["kl"][name] = None if closed is None else reduce(closed)
+        values[name] = site["value"]
+    observed, global_ll = {}, torch.zeros(num_particles)
+    for name, site in model_trace.nodes.items():
+        if not is_observed(site):
+            continue
+        if layout.is_local(site):
+            observed[name] = local_terms(site["log_prob"], layout, num_particles, rows)
+        else:
+            global_ll = global_ll.to(site["log_prob"]) + global_terms(
+                site["log_prob"], layout, num_particles
+            )
+    first = next(iter(observed.values()), None)
+    like = torch.zeros(num_particles, rows) if first is None else torch.zeros_like(first)
+    log_lik = sum(observed.values(), like)
+    return ParticleTerms(
+        log_lik,
+        local["p"],
+        local["q"],
+        local["kl"],
+        GlobalTerms(global_ll.to(log_lik), glob["p"], glob["q"], glob["kl"]),
+        values,
+        observed,
+    )
+
+
+class ParticleSampler:
+    """Draws K particles of q batch by batch, each global site once per particle.
+
+    The first batch decides whether the particles are vectorized or looped (the pair's
+    networks may not broadcast) and draws the global sites; later batches replay them.
+    """
+
+    def __init__(self, model: Callable, guide: Callable, layout: PairTraces, num_particles: int):
+        self.model, self.guide, self.layout = model, guide, layout
+        self.num_particles = num_particles
+        self.vectorized: bool | None = None
+        self.replay: list[Trace] | None = None  # one trace (vectorized) or one per particle
+
+    def terms(self, batch: Batch | torch.Tensor) -> ParticleTerms:
+        """The terms of all K particles on ``batch`` (its rows), globals shared across calls."""
+        batch = as_batch(batch)
+        if self.vectorized is None:
+            try:
+                result = self._vectorized(batch)
+                self.vectorized = True
+                return result
+            except _PAIR_FAILURES as e:
+                if isinstance(e, PairError) and not isinstance(e, BroadcastError):
+                    raise
+                warnings.warn(
+                    f"the pair does not broadcast over a vectorized particle dim "
+                    f"({type(e).__name__}: {_first_line(e)}); drawing the {self.num_particles} "
+                    "particles one at a time instead (same numbers, slower)",
+                    ParticleLoopWarning,
+                    stacklevel=3,
+                )
+                self.vectorized = False
+                self.replay = None
+        return self._vectorized(batch) if self.vectorized else self._looped(batch)
+
+    def _vectorized(self, batch: Batch) -> ParticleTerms:
+        k, mpn = self.num_particles, self.layout.max_plate_nesting
+        traces = trace_pair(
+            with_particles(self.model, k, mpn),
+            with_particles(self.guide, k, mpn),
+            batch,
+            None if self.replay is None else self.replay[0],
+        )
+        if self.replay is None:
+            self.replay = [self._globals(traces[1])]
+        return score(*traces, self.layout, k, batch.rows)
+
+    def _looped(self, batch: Batch) -> ParticleTerms:
+        parts = []
+        for i in range(self.num_particles):
+            replay = None if self.replay is None or len(self.replay) <= i else self.replay[i]
+            try:
+                traces = trace_pair(self.model, self.guide, batch, replay)
+            except _PAIR_FAILURES as e:
+                raise PairError(
+                    f"running the pair on a batch of shape {batch.describe()} failed "
+                    f"({type(e).__name__}: {_first_line(e)})"
+                ) from e
+            if replay is None:
+                self.replay = (self.replay or []) + [self._globals(traces[1])]
+            parts.append(score(*traces, self.layout, 1, batch.rows))
+        return _stack(parts, self.layout)
+
+    def _globals(self, guide_trace: Trace) -> Trace:
+        """A trace holding the guide's global sites, to replay on later batches."""
+        kept = Trace()
+        for name, site in guide_trace.nodes.items():
+            if is_guide_sample(site) and not self.layout.is_local(site):
+                kept.add_node(name, **site)
+        return kept
+
+
+def _stack(parts: list[ParticleTerms], layout: PairTraces) -> ParticleTerms:
+    """One-particle terms concatenated along the particle axis."""
+
+    def cat(values):
+        return None if values[0] is None else torch.cat(values)
+
+    def cat_dicts(dicts):
+        return {k: cat([d[k] for d in dicts]) for k in dicts[0]}
+
+    g = [p.globals for p in parts]
+    ndim = layout.max_plate_nesting
+    values = {}
+    for name, value in parts[0].values.items():
+        shapes = [p.values[name] for p in parts]
+        event = value.dim() - min(value.dim(), ndim)
+        values[name] = torch.stack([_pad(v, ndim + event) for v in shapes])
+    return ParticleTerms(
+        cat([p.log_likelihood for p in parts]),
+        cat_dicts([p.log_prior for p in parts]),
+        cat_dicts([p.log_q for p in parts]),
+        cat_dicts([p.closed_kl for p in parts]),
+        GlobalTerms(
+            cat([x.log_likelihood for x in g]),
+            cat_dicts([x.log_prior for x in g]),
+            cat_dicts([x.log_q for x in g]),
+            cat_dicts([x.closed_kl for x in g]),
+        ),
+        values,
+        cat_dicts([p.observed for p in parts]),
+    )
+
+
+def _pad(value: torch.Tensor, ndim: int) -> torch.Tensor:
+    return value.reshape((1,) * max(0, ndim - value.dim()) + tuple(value.shape))
+
+
+def particle_terms(
+    model: Callable, guide: Callable, batch: Batch, num_particles: int, layout: PairTraces
+) -> ParticleTerms:
+    """``num_particles`` particles of q on one batch, scored (globals drawn for this batch)."""
+    return ParticleSampler(model, guide, layout, num_particles).terms(batch)
+
+
+def dataset_terms(
+    model: Callable,
+    guide: Callable,
+    dataset: Dataset,
+    num_particles: int,
+    layout: PairTraces,
+    batch_size: int,
+    device: torch.device,
+) -> ParticleTerms:
+    """K particles over every row of ``dataset``, batch by batch, each global drawn once per
+    particle; local terms ``(K, N)`` in row order. Draw values are not kept."""
+    sampler = ParticleSampler(model, guide, layout, num_particles)
+    parts = [sampler.terms(batch.to(device)) for batch in dataset.batches(batch_size)]
+
+    def cat(values):
+        return None if values[0] is None else torch.cat(values, dim=1)
+
+    def cat_dicts(dicts):
+        return {k: cat([d[k] for d in dicts]) for k in dicts[0]}
+
+    return ParticleTerms(
+        cat([p.log_likelihood for p in parts]),
+        cat_dicts([p.log_prior for p in parts]),
+        cat_dicts([p.log_q for p in parts]),
+        cat_dicts([p.closed_kl for p in parts]),
+        parts[0].globals,
+        {},
+        cat_dicts([p.observed for p in parts]),
+    )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,228 @@
+"""The pair contract (docs/pairs.md): data forms, dtypes, default batch, every site of q,
+global latents scaled and drawn once, honest KL labels, refusals before training."""
+
+import json
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro.infer.autoguide import AutoDelta, AutoNormal
+
+import ppl_vae
+from ppl_vae.cli import main
+from ppl_vae.dataset import as_dataset
+from ppl_vae.plates import scale_data_plate
+from ppl_vae.traces import run_pair
+
+
+def regression(sigma: float = 0.5, prior: float = 2.0):
+    """Bayesian linear regression model(x, y) with a Gaussian prior on the weights."""
+
+    def model(x, y):
+        w = pyro.sample("w", dist.Normal(x.new_zeros(x.shape[1]), prior).to_event(1))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal((x * w).sum(-1), sigma), obs=y)
+
+    return model
+
+
+def regression_data(n=60, d=2, sigma=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = x @ torch.tensor([1.0, -2.0][:d]) + sigma * torch.randn(n, generator=g)
+    return x, y
+
+
+def test_tuple_dict_and_constant_data_reach_the_pair_minibatched_together():
+    seen = []
+
+    def model(x, y, *, offset, flag=False):
+        seen.append((tuple(x.shape), tuple(y.shape), float(offset), flag))
+        assert torch.equal(y, x[:, 0] * 2)  # rows of x and y cut by one index
+        loc = pyro.param("loc", torch.zeros(()))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("obs", dist.Normal(loc + offset, 1.0), obs=y)
+
+    def guide(x, y, *, offset, flag=False):
+        pass
+
+    x = torch.arange(40.0).reshape(20, 2)
+    data = {"x": x, "y": x[:, 0] * 2}
+    ppl_vae.fit(model, guide, data, num_steps=3, batch_size=8,
+                model_kwargs={"offset": 1.5, "flag": True})
+    assert seen[-1] == ((8, 2), (8,), 1.5, True)
+    terms = ppl_vae.evaluate(model, guide, data, num_particles=2, batch_size=7,
+                             model_kwargs={"offset": 1.5})
+    assert len(terms) == 20 and seen[-1][:3] == ((6, 2), (6,), 1.5)
+    with pytest.raises(ppl_vae.DataError, match=r"different numbers of rows"):
+        ppl_vae.fit(model, guide, {"x": x, "y": x[:5, 0]}, model_kwargs={"offset": 0.0})
+    with pytest.raises(ppl_vae.DataError, match=r"per-row data and in model_kwargs"):
+        ppl_vae.fit(model, guide, data, model_kwargs={"x": 1})
+
+
+def test_default_batch_is_the_whole_data_when_it_has_fewer_rows():
+    x, y = regression_data(n=40)
+    result = ppl_vae.fit(regression(), AutoNormal(regression()), (x, y), num_steps=2)
+    assert result.batch_size == 40
+
+
+def test_float64_data_and_pair_stay_float64_and_a_mismatch_names_both_dtypes():
+    x, y = (t.double() for t in regression_data())
+    model = regression()
+    guide = AutoNormal(model)
+    result = ppl_vae.fit(model, guide, (x, y), num_steps=5)
+    assert all(v.dtype == torch.float64 for v in result.params.values())
+    with pytest.raises(ppl_vae.PairError, match=r"data is torch.float32 but the pair has "
+                                                r"\['torch.float64'\] parameters"):
+        ppl_vae.evaluate(model, guide, (x.float(), y.float()))
+
+
+def test_analytic_with_autonormal_equals_trace_elbo_at_the_same_draw():
+    """AutoNormal's sites are Deltas with log_density: no closed form applies, so the
+    analytic estimator must give Trace_ELBO's number on the same draw (Pyro's own
+    TraceMeanField_ELBO drops the Jacobian term of constrained sites)."""
+
+    def model(counts):
+        rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+        with pyro.plate("data", counts.shape[0]):
+            pyro.sample("obs", dist.Poisson(rate), obs=counts)
+
+    counts = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0])
+    guide = AutoNormal(model)
+    guide(counts)
+    ours = ppl_vae.estimators.make_elbo("analytic", 1, 1)
+    theirs = pyro.infer.Trace_ELBO(max_plate_nesting=1, vectorize_particles=True)
+    pyros = pyro.infer.TraceMeanField_ELBO(max_plate_nesting=1, vectorize_particles=True)
+    losses = []
+    for elbo in (ours, theirs, pyros):
+        pyro.set_rng_seed(3)
+        losses.append(elbo.loss(model, guide, counts))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    assert abs(losses[2] - losses[1]) > 1e-2  # Pyro's own drops the log-Jacobian
+    sites = ppl_vae.fit(model, guide, counts, estimator="analytic", num_steps=1).sites
+    assert not (sites["kl"] == "closed-form").any()
+
+
+def test_a_non_reparameterized_guide_site_is_refused_by_analytic_before_training():
+    steps = []
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            k = pyro.sample("k", dist.Bernoulli(0.5))
+            pyro.sample("obs", dist.Normal(k, 1.0), obs=x)
+
+    def guide(x):
+        p = pyro.param("p", torch.full((x.shape[0],), 0.5),
+                       constraint=dist.constraints.unit_interval)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("k", dist.Bernoulli(p))
+
+    x = torch.randn(10)
+    with pytest.raises(ppl_vae.EstimatorError, match=r"'k'|k \(q=Bernoulli\).*estimator='sampled'"):
+        ppl_vae.fit(model, guide, x, estimator="analytic", num_steps=3, batch_size=10,
+                    callback=lambda info: steps.append(info.step))
+    assert steps == []
+    sites = ppl_vae.fit(model, guide, x, estimator="sampled", num_steps=3, batch_size=10).sites
+    assert sites.loc[0, "kl"] == "sampled (score function)"
+
+
+def test_minibatch_objective_is_the_full_data_elbo_with_global_latents():
+    """With a point-mass guide nothing is sampled: the N/B-scaled losses of a partition's
+    minibatches average exactly to the full-data loss."""
+    x, y = regression_data(n=60)
+    model = regression()
+    guide = AutoDelta(model)
+    guide(x, y)
+    elbo = pyro.infer.Trace_ELBO()
+    full = elbo.loss(model, guide, x, y)
+    layout = run_pair(model, guide, as_dataset((x, y)).head(60))
+    scaled = [scale_data_plate(f, 60 / 15, layout.data_plate) for f in (model, guide)]
+    parts = [elbo.loss(*scaled, x[i : i + 15], y[i : i + 15]) for i in range(0, 60, 15)]
+    assert np.mean(parts) == pytest.approx(full, rel=1e-6)
+    unscaled = np.mean([elbo.loss(model, guide, x[i : i + 15], y[i : i + 15])
+                        for i in range(0, 60, 15)])
+    assert abs(unscaled - full) > 1.0  # without the scaling the prior counts 4 times
+
+
+def test_exact_evidence_bounds_the_joint_elbo_and_iwae_and_batch_size_does_not_matter():
+    """Bayesian regression with known noise: log p(Y) = log N(Y | 0, s0² X Xᵀ + σ² I)."""
+    x, y = regression_data(n=60)
+    model = regression()
+    guide = AutoNormal(model)
+    ppl_vae.fit(model, guide, (x, y), num_steps=600, lr=0.05, batch_size=60)
+    cov = 4.0 * x @ x.T + 0.25 * torch.eye(60)
+    exact = float(dist.MultivariateNormal(torch.zeros(60), cov.double()).log_prob(y.double()))
+    joints = [ppl_vae.evaluate(model, guide, (x, y), 400, estimator="sampled", batch_size=b,
+                               seed=1).attrs["joint"] for b in (7, 25, 60)]
+    for j in joints:
+        assert j["elbo"] < exact + 3 * j["elbo_se"]
+        assert j["elbo"] == pytest.approx(joints[-1]["elbo"], abs=6 * j["elbo_se"] + 1e-6)
+    ll = ppl_vae.log_likelihood(model, guide, (x, y), num_samples=2000, seed=0)
+    assert joints[-1]["elbo"] - 0.1 < ll.attrs["joint"] < exact + 0.1
+    assert ll.attrs["global_sites"] == ["w_unconstrained", "w"]
+    diagnostics = ppl_vae.vi_diagnostics(model, guide, (x, y), num_samples=500)
+    assert math.isfinite(diagnostics.attrs["joint_khat"]) and "whole data set" in \
+        diagnostics.attrs["verdict"]
+
+
+def test_model_side_subsampling_is_refused_with_the_way_out():
+    def model(x):
+        with pyro.plate("data", 100, subsample_size=10) as ind:
+            pyro.sample("obs", dist.Normal(0.0, 1.0), obs=x[ind])
+
+    def guide(x):
+        pass
+
+    with pytest.raises(ppl_vae.PairError, match=r"subsamples its data plate 'data' \(10 of 100"):
+        ppl_vae.fit(model, guide, torch.randn(100), num_steps=1)
+
+
+def test_support_error_names_the_true_row_column_and_value_of_an_event_likelihood():
+    model, guide = ppl_vae.load_pair("models/bernoulli_vae.py", x_dim=4)
+    x = torch.zeros(6, 4)
+    x[3, 2] = 0.5
+    with pytest.raises(ppl_vae.DataError, match=r"value 0.5 at row 3, column 2"):
+        ppl_vae.fit(model, guide, x, num_steps=1)
+
+
+def test_a_pair_file_imports_its_neighbours(tmp_path, monkeypatch):
+    (tmp_path / "helpers_for_pair.py").write_text("WIDTH = 3\n")
+    (tmp_path / "pair.py").write_text(
+        "from helpers_for_pair import WIDTH\n"
+        "from models.gaussian_vae import make_pair as base\n"
+        "def make_pair(x_dim):\n    return base(x_dim=WIDTH, z_dim=1, hidden=4)\n"
+    )
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))
+    pair = ppl_vae.load_pair(str(tmp_path / "pair.py"), x_dim=3)
+    assert pair.x_dim == 3
+
+
+def test_cli_trains_on_a_npz_of_named_arrays_and_keeps_the_run_when_evaluation_fails(tmp_path):
+    x, y = regression_data(n=30)
+    np.savez(tmp_path / "train.npz", x=x.numpy(), y=y.numpy())
+    np.savez(tmp_path / "test.npz", x=x.numpy()[:5], y=y.numpy()[:5])
+    (tmp_path / "pair.py").write_text(
+        "import pyro, pyro.distributions as dist\n"
+        "from pyro.infer.autoguide import AutoNormal\n"
+        "import ppl_vae\n"
+        "def model(x, y):\n"
+        "    w = pyro.sample('w', dist.Normal(x.new_zeros(2), 2.0).to_event(1))\n"
+        "    if x.shape[0] == 5:\n"
+        "        raise RuntimeError('a model that fails on held-out data')\n"
+        "    with pyro.plate('data', x.shape[0]):\n"
+        "        pyro.sample('obs', dist.Normal((x * w).sum(-1), 0.5), obs=y)\n"
+        "def make_pair():\n"
+        "    return ppl_vae.ModelGuidePair(model, AutoNormal(model), name='regression')\n"
+    )
+    out = tmp_path / "run"
+    code = main(["train", "--model", str(tmp_path / "pair.py"), "--data",
+                 str(tmp_path / "train.npz"), "--test-data", str(tmp_path / "test.npz"),
+                 "--estimator", "sampled", "--steps", "20", "--out", str(out), "--no-progress"])
+    assert code == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["batch_size"] == 30 and "a model that fails" in \
+        summary["metrics"]["evaluation_error"]
+    assert (out / "params.pt").is_file()
