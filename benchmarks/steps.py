@@ -39,13 +39,12 @@ import torch
 import torch.nn.functional as F
 
 import ppl_vae
-from ppl_vae.estimators import JIT_ESTIMATORS
 
 CONTENDERS = ("torch", "pyro", "pyro_jit", "ppl_vae", "ppl_vae_validated", "ppl_vae_pyro_adam")
 ABLATIONS = ("ppl_vae_validated", "ppl_vae_pyro_adam")  # not run for the memory table
-JIT_ELBOS = {
-    "sampled": pyro.infer.JitTrace_ELBO,
-    "analytic": pyro.infer.JitTraceMeanField_ELBO,
+PYRO_ELBOS = {  # bare Pyro's own classes, eager and compiled
+    False: {"sampled": pyro.infer.Trace_ELBO, "analytic": pyro.infer.TraceMeanField_ELBO},
+    True: {"sampled": pyro.infer.JitTrace_ELBO, "analytic": pyro.infer.JitTraceMeanField_ELBO},
 }
 LR = 1e-3
 
@@ -126,8 +125,7 @@ def run_torch(pair, batches, estimator: str, seed: int = 0) -> float:
 
 def run_pyro(pair, batches, estimator: str, seed: int = 0, jit: bool = False) -> float:
     """Train with ``SVI.step``; returns the clock after the first step."""
-    elbos = JIT_ELBOS if jit else ppl_vae.ESTIMATORS
-    elbo = elbos[estimator](**({"ignore_jit_warnings": True} if jit else {}))
+    elbo = PYRO_ELBOS[jit][estimator](**({"ignore_jit_warnings": True} if jit else {}))
     svi = pyro.infer.SVI(pair.model, pair.guide, pyro.optim.Adam({"lr": LR}), elbo)
     pyro.set_rng_seed(seed)
     first = math.nan
@@ -170,7 +168,7 @@ def fit_options(name: str) -> dict:
 
 def contenders(estimator: str) -> tuple[str, ...]:
     """``ppl_vae_jit`` (``fit(jit=True)``) exists for the sampled estimator only."""
-    return CONTENDERS + (("ppl_vae_jit",) if estimator in JIT_ESTIMATORS else ())
+    return CONTENDERS + (("ppl_vae_jit",) if ppl_vae.ESTIMATORS[estimator].jit else ())
 
 
 def time_contender(name: str, config: Config, estimator: str, data, batches) -> tuple[float, float]:

@@ -55,7 +55,7 @@ def naive_gradient_draws(
 ) -> dict[str, torch.Tensor]:
     """Per parameter name, ``num_draws`` gradients of the one-particle minibatch loss, each by
     one ``loss_and_grads`` of Pyro's own ELBO; shape ``(num_draws, *param.shape)``."""
-    elbo = ppl_vae.ESTIMATORS[estimator]()
+    elbo = ppl_vae.ESTIMATORS[estimator].elbo()
     draws: dict[str, list[torch.Tensor]] = {}
     for _ in range(num_draws):
         with poutine.trace(param_only=True) as capture:

@@ -20,9 +20,10 @@ from .errors import (
     PairError,
     PplVaeError,
 )
-from .estimators import ESTIMATORS, KLFallbackWarning
+from .estimators import ESTIMATORS, Estimator
 from .evaluation import evaluate, importance_log_weights, log_likelihood
 from .inference_data import to_inference_data
+from .kl import KLFallbackWarning
 from .pair import ModelGuidePair, load_pair
 from .params import load_params, save_params
 from .reference import compare_posteriors, plot_comparison, reference_posterior
@@ -40,6 +41,7 @@ __all__ = [
     "DataError",
     "EstimatorError",
     "ESTIMATORS",
+    "Estimator",
     "evaluate",
     "fit",
     "FitResult",

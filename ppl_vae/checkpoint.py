@@ -31,8 +31,8 @@ import torch
 from . import params as param_io
 from .dataset import Dataset
 from .errors import CheckpointError
-from .estimators import dist_name
 from .files import atomic_write
+from .kl import dist_name
 from .traces import PairTraces, is_latent, is_observed
 
 FORMAT = "ppl_vae.checkpoint/1"

@@ -62,9 +62,10 @@ from tqdm.auto import tqdm
 from . import params as param_io
 from .dataset import as_dataset
 from .errors import OutputError, PplVaeError
-from .estimators import KLFallbackWarning, check_estimator, make_elbo
+from .estimators import get
 from .evaluation import evaluate, log_likelihood, param_device
 from .files import atomic_write_text
+from .kl import KLFallbackWarning
 from .runs import read_json, run_directory, versions, write_json
 from .traces import run_pair
 from .training import DEFAULT_BATCH_SIZE, fit
@@ -269,7 +270,7 @@ def compare_estimators(
 
 def _check_arguments(estimators, seeds, **counts: tuple[int, int]) -> dict:
     """Refuse bad estimators, seeds, and counts given as ``name=(value, least)``."""
-    estimators = [check_estimator(e) for e in estimators]
+    estimators = [get(e).name for e in estimators]
     if not estimators or len(set(estimators)) != len(estimators):
         raise PplVaeError(f"estimators must be distinct names, at least one, not {estimators}")
     if not seeds or len(set(seeds)) != len(seeds):
@@ -396,7 +397,7 @@ class _Run:
 
     def train(self, array, held_out, options, measures, checkpoints, evals, bar) -> None:
         particles = measures["eval_particles"]
-        self.particles = measures["iwae_particles"] if self.estimator == "iwae" else 1
+        self.particles = get(self.estimator).particles_per_draw(measures["iwae_particles"])
         self.measure(0, measures)
         self.evaluate(0, held_out, particles)
 
@@ -445,7 +446,7 @@ class _Run:
         """Memory of one loss-and-gradient pass on the probe minibatch (module doc, item 4)."""
         x = self.probe.to(param_device())
         layout = run_pair(self.model, self.guide, x)
-        elbo = make_elbo(self.estimator, self.particles, layout.max_plate_nesting)
+        elbo = get(self.estimator).make(self.particles, layout.max_plate_nesting)
         params = {p.data_ptr() for _, p in pyro.get_param_store().named_parameters()}
         saved: dict[int, int] = {}
 

@@ -1,4 +1,4 @@
-r"""The ELBO estimators and which KL terms get a closed form.
+r"""The ELBO estimators: one :class:`Estimator` record each, in one registry.
 
 All estimate the evidence lower bound (Kingma & Welling 2014, eq. 3)
 
@@ -35,21 +35,24 @@ entropy term enters Pyro's.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import pyro.infer
 import torch
-from pyro.distributions import Delta
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import torch_item
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import kl_divergence
 
 from .errors import EstimatorError
-from .traces import PairTraces, is_latent, run_pair
+from .kl import closed_form_kl, is_auxiliary
+from .traces import is_latent
+
+if TYPE_CHECKING:
+    from .particles import ParticleTerms
 
 
 class STLTrace_ELBO(pyro.infer.Trace_ELBO):
@@ -127,186 +130,131 @@ class AnalyticELBO(pyro.infer.TraceMeanField_ELBO):
         return -torch_item(elbo), -elbo
 
 
-ESTIMATORS: dict[str, type[pyro.infer.ELBO]] = {
-    "sampled": pyro.infer.Trace_ELBO,
-    "analytic": AnalyticELBO,
-    "stl": STLTrace_ELBO,
-    "iwae": IWAE_ELBO,
-}
+@dataclass(frozen=True)
+class Estimator:
+    """Everything ppl_vae needs to know about one ELBO estimator; nothing else branches on
+    estimator names, so a registered record works in ``fit``, evaluation, the comparison and
+    the report alike.
 
-CLOSED_FORM = "closed-form"
-SAMPLED = "sampled"
+    Attributes:
+        name: the registry key (``estimator="..."``, ``--estimator ...``).
+        elbo: the Pyro ELBO class trained with.
+        summary: one line for help texts and reports.
+        closed_form_kl: its KL terms are closed-form where :func:`~ppl_vae.kl.closed_form_kl`
+            gives one (else sampled, log q − log p).
+        requires_reparameterized: refuses guide sites without ``rsample`` before training.
+        jit: the compiled variant, where it measured faster (docs/performance.md), or None.
+        importance_weighted: one draw is K particles' bound log (1/K) Σ_k w_k (no KL term);
+            it trains with K = ``iwae_particles`` ≥ 2 particles.
+        path_derivative: its gradient drops the score term ∇_φ log q(z|x) at fixed z.
+    """
+
+    name: str
+    elbo: type[pyro.infer.ELBO]
+    summary: str
+    closed_form_kl: bool = False
+    requires_reparameterized: bool = False
+    jit: type[pyro.infer.ELBO] | None = None
+    importance_weighted: bool = False
+    path_derivative: bool = False
+
+    def make(
+        self, num_particles: int = 1, max_plate_nesting: int = 0, jit: bool = False
+    ) -> pyro.infer.ELBO:
+        """The Pyro ELBO object, particles vectorized.
+
+        Raises:
+            EstimatorError: an importance-weighted estimator with fewer than 2 particles;
+                ``jit=True`` without a compiled variant.
+        """
+        if self.importance_weighted and num_particles < 2:
+            raise EstimatorError(
+                f"the {self.name} estimator needs num_particles=K >= 2 importance samples per "
+                f"datapoint, not {num_particles} (with K=1 it is the sampled ELBO); pass "
+                "num_particles=5, say"
+            )
+        if jit and self.jit is None:
+            offered = sorted(e.name for e in ESTIMATORS.values() if e.jit is not None)
+            raise EstimatorError(
+                f"jit=True is offered for estimator(s) {offered} only, not {self.name!r} (Pyro's "
+                "compiled mean-field ELBO measured several times slower than the eager one; "
+                "see docs/performance.md); drop jit=True"
+            )
+        return (self.jit if jit else self.elbo)(
+            num_particles=num_particles,
+            vectorize_particles=True,
+            max_plate_nesting=max_plate_nesting,
+            **({"ignore_jit_warnings": True} if jit else {}),
+        )
+
+    def particles_per_draw(self, iwae_particles: int) -> int:
+        """Particles of one draw (and of one training step in a comparison): K or 1."""
+        return int(iwae_particles) if self.importance_weighted else 1
+
+    def score(
+        self,
+        terms: ParticleTerms,
+        fixed_log_q: Mapping[str, torch.Tensor] | None = None,
+        group: int = 1,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per draw and datapoint: (ELBO, KL term) as this estimator computes them, (R, N).
+
+        ``terms`` holds R·``group`` particles, draw r owning particles r·group … r·group +
+        group − 1. An importance-weighted estimator averages a draw's weights inside the log
+        (its KL term is NaN); the others score the draw's first particle only. With
+        ``fixed_log_q`` (log q(z̄|x), z̄ = stop_grad(z), per site) a path-derivative
+        estimator's KL term is log q(z|x) − log q(z̄|x) + stop_grad(log q(z̄|x)) − log p(z):
+        the sampled value, without the score term's gradient.
+        """
+        n = terms.log_likelihood.shape[1]
+        if self.importance_weighted:
+            log_w = terms.log_weights().reshape(-1, group, n)
+            bound = torch.logsumexp(log_w, dim=1) - math.log(group)
+            return bound, torch.full_like(bound, math.nan)
+        kls = {site: terms.kl(site, self.closed_form_kl) for site in terms.log_q}
+        if self.path_derivative and fixed_log_q is not None:
+            kls = {s: kl - fixed_log_q[s] + fixed_log_q[s].detach() for s, kl in kls.items()}
+        kl = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
+        first = slice(None, None, group)  # each draw's first particle
+        return (terms.log_likelihood - kl)[first], kl[first]
 
 
-class KLFallbackWarning(UserWarning):
-    """The analytic estimator falls back to a sampled KL for some latent site."""
+ESTIMATORS: dict[str, Estimator] = {}
 
 
-def check_estimator(estimator: str) -> str:
-    if estimator not in ESTIMATORS:
-        raise EstimatorError(f"unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)}")
+def register(estimator: Estimator) -> Estimator:
+    """Add ``estimator`` to :data:`ESTIMATORS` (by its name), so every entry point takes it."""
+    if not isinstance(estimator, Estimator):
+        raise EstimatorError(f"register an Estimator record, not a {type(estimator).__name__}")
+    ESTIMATORS[estimator.name] = estimator
     return estimator
 
 
-# Compiled variants offered only where benchmarks/ measured them faster (docs/performance.md):
-# JitTrace_ELBO beats Trace_ELBO; JitTraceMeanField_ELBO is several times slower than eager.
-JIT_ESTIMATORS: dict[str, type[pyro.infer.ELBO]] = {"sampled": pyro.infer.JitTrace_ELBO}
+for _record in (
+    Estimator(
+        "sampled", pyro.infer.Trace_ELBO, "Trace_ELBO: KL by Monte Carlo, log q - log p",
+        jit=pyro.infer.JitTrace_ELBO,
+    ),
+    Estimator(
+        "analytic", AnalyticELBO, "TraceMeanField_ELBO: closed-form KL where registered",
+        closed_form_kl=True, requires_reparameterized=True,
+    ),
+    Estimator(
+        "stl", STLTrace_ELBO, "sampled value, path-derivative gradient (Roeder et al. 2017)",
+        path_derivative=True,
+    ),
+    Estimator(
+        "iwae", IWAE_ELBO, "IWAE bound with K particles (Burda et al. 2016)",
+        importance_weighted=True,
+    ),
+):
+    register(_record)
 
 
-def make_elbo(
-    estimator: str, num_particles: int = 1, max_plate_nesting: int = 0, jit: bool = False
-) -> pyro.infer.ELBO:
-    """The Pyro ELBO object for ``estimator``, particles vectorized.
-
-    ``jit=True`` gives the PyTorch-JIT-compiled variant (``JitTrace_ELBO`` for ``"sampled"``),
-    which needs a model whose structure and Python constants do not change between steps.
-
-    Raises:
-        EstimatorError: ``"iwae"`` with fewer than 2 particles (with K = 1 the bound is the
-            sampled ELBO); ``jit=True`` for an estimator without a faster compiled variant.
-    """
-    if estimator == "iwae" and num_particles < 2:
-        raise EstimatorError(
-            f"the iwae estimator needs num_particles=K >= 2 importance samples per datapoint, "
-            f"not {num_particles} (with K=1 it is the sampled ELBO); pass num_particles=5, say"
-        )
-    check_estimator(estimator)
-    if jit and estimator not in JIT_ESTIMATORS:
-        raise EstimatorError(
-            f"jit=True is offered for estimator(s) {sorted(JIT_ESTIMATORS)} only, not "
-            f"{estimator!r} (Pyro's compiled mean-field ELBO measured several times slower than "
-            "the eager one; see docs/performance.md); drop jit=True"
-        )
-    return (JIT_ESTIMATORS if jit else ESTIMATORS)[estimator](
-        num_particles=num_particles,
-        vectorize_particles=True,
-        max_plate_nesting=max_plate_nesting,
-        **({"ignore_jit_warnings": True} if jit else {}),
-    )
-
-
-def is_auxiliary(guide_site: dict, model_trace) -> bool:
-    """A guide sample site that the model lacks (an autoguide's auxiliary site)."""
-    return (
-        guide_site["type"] == "sample"
-        and not site_is_subsample(guide_site)
-        and guide_site["name"] not in model_trace.nodes
-    )
-
-
-def is_point_mass(fn) -> bool:
-    """A Delta (possibly reinterpreted by ``Independent``/``to_event``)."""
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
-    return isinstance(fn, Delta)
-
-
-def closed_form_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
-    """KL(q‖p) for one latent site in closed form, scaled and masked as Pyro does, or None.
-
-    None also where q is a point mass (Pyro's KL(Delta‖p) drops its ``log_density``) or not
-    reparameterized (its gradient needs the score function, which the closed form has not).
-    """
-    fn = guide_site["fn"]
-    if is_point_mass(fn) or not getattr(fn, "has_rsample", False):
-        return None
-    try:
-        kl = kl_divergence(guide_site["fn"], model_site["fn"])
-    except NotImplementedError:
-        return None
-    return scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
-
-
-SCORE_FUNCTION = "sampled (score function)"
-AUXILIARY = "sampled (auxiliary)"
-
-
-def kl_sites(traces: PairTraces, estimator: str) -> pd.DataFrame:
-    """Per site of q: q and p's distribution, its scope, and how ``estimator`` computes its KL.
-
-    Columns: ``site``, ``q``, ``p`` (None for an auxiliary guide site), ``scope`` (``local``:
-    in the data plate; ``global``: outside it), ``closed_form_available`` and ``kl``:
-    ``"closed-form"``, ``"sampled"`` (log q − log p, pathwise gradient), ``"sampled (score
-    function)"`` (q not reparameterized: Pyro's Trace_ELBO adds the score-function term) or
-    ``"sampled (auxiliary)"`` (a guide-only site: its log q enters the estimate).
-    """
-    rows = []
-    for name, guide_site in traces.guide.nodes.items():
-        if guide_site["type"] != "sample" or guide_site["is_observed"]:
-            continue
-        if site_is_subsample(guide_site):
-            continue
-        model_site = traces.model.nodes.get(name)
-        auxiliary = model_site is None or not is_latent(model_site)
-        available = not auxiliary and closed_form_kl(guide_site, model_site) is not None
-        if auxiliary:
-            how = AUXILIARY
-        elif available and estimator == "analytic":
-            how = CLOSED_FORM
-        elif not getattr(guide_site["fn"], "has_rsample", False):
-            how = SCORE_FUNCTION
-        else:
-            how = SAMPLED
-        rows.append(
-            {
-                "site": name,
-                "q": dist_name(guide_site["fn"]),
-                "p": None if auxiliary else dist_name(model_site["fn"]),
-                "scope": "local" if traces.is_local(guide_site) else "global",
-                "closed_form_available": available,
-                "kl": how,
-            }
-        )
-    columns = ["site", "q", "p", "scope", "closed_form_available", "kl"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def check_reparameterized(sites: pd.DataFrame, estimator: str) -> None:
-    """Refuse ``analytic`` when a guide site is not reparameterized, before any step."""
-    if estimator != "analytic":
-        return
-    bad = sites.loc[sites["kl"] == SCORE_FUNCTION]
-    if bad.empty:
-        return
-    detail = ", ".join(f"{r.site} (q={r.q})" for r in bad.itertuples())
-    raise EstimatorError(
-        f"guide site(s) {detail} are not reparameterized, which the analytic estimator "
-        "(TraceMeanField_ELBO) requires; use estimator='sampled' (Trace_ELBO with a score-"
-        "function gradient for those sites)"
-    )
-
-
-def check_fallback(sites: pd.DataFrame, estimator: str, strict: bool) -> None:
-    """Warn (or raise, when ``strict``) if the analytic estimator samples some site's KL."""
-    if estimator != "analytic":
-        return
-    fallen = sites.loc[~sites["closed_form_available"] & (sites["kl"] != AUXILIARY)]
-    if fallen.empty:
-        return
-    detail = ", ".join(f"{r.site} (q={r.q}, p={r.p})" for r in fallen.itertuples())
-    message = (
-        f"no closed-form KL is registered for latent site(s) {detail}; the analytic estimator "
-        "samples their KL term as log q - log p"
-    )
-    if strict:
-        raise EstimatorError(
-            message + "; register one with torch.distributions.kl.register_kl, or use "
-            "estimator='sampled' or strict=False"
-        )
-    warnings.warn(message, KLFallbackWarning, stacklevel=3)
-
-
-def probe_sites(model: Callable, guide: Callable, x: torch.Tensor, estimator: str) -> pd.DataFrame:
-    """Run the pair once on ``x`` and report :func:`kl_sites`."""
-    return kl_sites(run_pair(model, guide, x), check_estimator(estimator))
-
-
-def dist_name(fn) -> str:
-    """A distribution's type with its wrapped bases, e.g. ``Independent(Normal)``."""
-    names = []
-    while True:
-        names.append(type(fn).__name__)
-        if not hasattr(fn, "base_dist"):
-            break
-        fn = fn.base_dist
-    return "(".join(names) + ")" * (len(names) - 1)
+def get(estimator: str | Estimator) -> Estimator:
+    """The record of ``estimator`` (a name or a record), or a clear error."""
+    if isinstance(estimator, Estimator):
+        return estimator
+    if estimator not in ESTIMATORS:
+        raise EstimatorError(f"unknown estimator {estimator!r}; choose one of {sorted(ESTIMATORS)}")
+    return ESTIMATORS[estimator]

@@ -39,7 +39,8 @@ import pyro
 import torch
 
 from .dataset import Dataset, as_dataset
-from .estimators import check_estimator
+from .estimators import get
+from .kl import CLOSED_FORM, SAMPLED
 from .particles import ParticleTerms, dataset_terms
 from .rng import seeded
 from .traces import PairTraces, run_pair
@@ -117,8 +118,7 @@ def evaluate(
         ``elbo``, ``elbo_se``, ``reconstruction``, ``kl``, ``kl_global``), ``global_sites`` and
         ``per_row`` (what a row's numbers mean; see the module doc).
     """
-    check_estimator(estimator)
-    closed_form = estimator == "analytic"
+    closed_form = get(estimator).closed_form_kl
     with seeded(seed):
         prepared = prepare(model, guide, data, batch_size, model_kwargs)
         terms = draw_terms(model, guide, prepared, num_particles, batch_size)
@@ -126,7 +126,7 @@ def evaluate(
     kls = {s: terms.kl(s, closed_form) for s in terms.log_q}
     global_kls = {s: g.kl(s, closed_form) for s in g.log_q}
     methods = {
-        s: "closed-form" if closed_form and closed[s] is not None else "sampled"
+        s: CLOSED_FORM if closed_form and closed[s] is not None else SAMPLED
         for closed in (terms.closed_kl, g.closed_kl)
         for s in closed
     }

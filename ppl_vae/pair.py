@@ -2,9 +2,9 @@
 
 A pair is two plain Pyro functions ``model(*args, **kwargs)`` and ``guide(*args, **kwargs)``
 called with a minibatch of the data (``model(x)``, ``model(x, y)``, ``model(x=..., y=...)``; see
-docs/pairs.md), whose first dimension is the data plate. Nothing in ppl_vae requires the bundle; it exists so that a
-file (ours in ``models/`` or a user's own) can hand the command line a ready pair together with
-what the command line needs to know about it.
+docs/pairs.md), whose first dimension is the data plate. Nothing in ppl_vae requires the
+bundle; it exists so that a file (ours in ``models/`` or a user's own) can hand the command
+line a ready pair together with what the command line needs to know about it.
 """
 
 from __future__ import annotations

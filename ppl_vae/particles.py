@@ -29,7 +29,7 @@ from pyro.poutine.trace_struct import Trace
 
 from .dataset import Batch, Dataset
 from .errors import PairError
-from .estimators import closed_form_kl
+from .kl import closed_form_kl
 from .traces import (
     BroadcastError,
     PairTraces,

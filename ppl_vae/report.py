@@ -16,7 +16,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .comparison import Comparison
+from .estimators import get
 from .files import atomic_write, atomic_write_text
+from .kl import AUXILIARY, CLOSED_FORM
 from .runs import run_directory
 
 FIGURES = {
@@ -153,16 +155,19 @@ def verdict(comparison: Comparison) -> list[str]:
         found.append(
             f"A step of {estimator} took {ratio:.2f}× the time of a {reference} step (median)."
         )
-    analytic = comparison.sites[comparison.sites["estimator"] == "analytic"]
-    fallen = analytic[analytic["kl"] != "closed-form"]
-    if not fallen.empty:
+    for estimator in (e for e in s["estimators"] if get(e).closed_form_kl):
+        own = comparison.sites[comparison.sites["estimator"] == estimator]
+        own = own[own["kl"] != AUXILIARY]
+        fallen = own[own["kl"] != CLOSED_FORM]
+        if fallen.empty:
+            continue
         names = ", ".join(fallen["site"])
         found.append(
-            f"No closed-form KL is registered for {names}: **analytic fell back to the "
-            "sampled KL** there, "
+            f"No closed-form KL applies to {names}: **{estimator} fell back to the sampled KL** "
+            "there, "
             + (
                 "so on this pair it *is* the sampled estimator (same draws, same numbers)."
-                if len(fallen) == len(analytic)
+                if len(fallen) == len(own)
                 else "so it differs from sampled only on the other sites."
             )
         )
@@ -177,13 +182,16 @@ def verdict(comparison: Comparison) -> list[str]:
 
 
 def _variance_findings(comparison: Comparison) -> list[str]:
-    if "sampled" not in comparison.settings["estimators"]:
-        return []
+    """Gradient and estimate variance of each estimator against the first, at the same
+    parameters and on the same draws."""
+    reference, *others = comparison.settings["estimators"]
     found = []
     k = comparison.settings.get("iwae_particles")
-    for other in (e for e in comparison.settings["estimators"] if e != "sampled"):
+    for other in others:
         per_draw = (
-            f" (a draw of iwae is K = {k} particles, of sampled one)" if other == "iwae" else ""
+            f" (a draw of {other} is K = {k} particles, of {reference} one)"
+            if get(other).importance_weighted
+            else ""
         )
         g = _at_same_params(comparison.gradients, other)
         if g.empty:
@@ -194,11 +202,11 @@ def _variance_findings(comparison: Comparison) -> list[str]:
             row = encoder[encoder["when"] == when]
             if row.empty:
                 continue
-            ratio = float(row["sampled"].iloc[0] / row[other].iloc[0])
+            ratio = float(row[reference].iloc[0] / row[other].iloc[0])
             ratios.append(f"{ratio:.3g}× at {'initialization' if when == 'init' else 'the end'}")
         if ratios:
             found.append(
-                f"Encoder gradient variance, sampled ÷ {other}, at the same parameters: "
+                f"Encoder gradient variance, {reference} ÷ {other}, at the same parameters: "
                 + " and ".join(ratios)
                 + per_draw
                 + "."
@@ -208,31 +216,31 @@ def _variance_findings(comparison: Comparison) -> list[str]:
             row = e[e["when"] == when]
             if row.empty:
                 continue
-            ratio = (row[other].iloc[0] / row["sampled"].iloc[0]) ** 2
+            ratio = (row[other].iloc[0] / row[reference].iloc[0]) ** 2
             if ratio == 1:  # the same value on the same draws (stl, or a full fallback)
                 continue
             at = "initialization" if when == "init" else "the end"
             if ratio <= 1:
                 found.append(
                     f"At {at}, {other} removed {100 * (1 - ratio):.0f}% of the variance of "
-                    f"the sampled ELBO estimate on the probe minibatch{per_draw}."
+                    f"the {reference} ELBO estimate on the probe minibatch{per_draw}."
                 )
             else:
                 why = (
-                    ": the sampled KL term's noise cancelled part of the reconstruction term's "
-                    "(see docs/estimators.md)"
-                    if other == "analytic"
+                    f": the {reference} KL term's noise cancelled part of the reconstruction "
+                    "term's (see docs/estimators.md)"
+                    if get(other).closed_form_kl and not get(reference).closed_form_kl
                     else per_draw
                 )
                 found.append(
                     f"At {at}, {other}'s ELBO estimate had {ratio:.2f}× the variance of the "
-                    f"sampled one{why}."
+                    f"{reference} one{why}."
                 )
     return found
 
 
 def _at_same_params(frame: pd.DataFrame, other: str, value: str = "variance") -> pd.DataFrame:
-    """Sampled vs ``other`` measured at the parameters of ``other``'s own run, init and end,
+    """Every estimator measured at the parameters of ``other``'s own run, init and end,
     averaged over seeds; one column per estimator."""
     mine = frame[frame["run"] == other]
     if mine.empty:

@@ -30,13 +30,8 @@ from .checkpoint import Checkpointer, fingerprint
 from .data import check_support
 from .dataset import Batch, Dataset, as_dataset
 from .errors import NumericalError, PairError, PplVaeError
-from .estimators import (
-    check_estimator,
-    check_fallback,
-    check_reparameterized,
-    kl_sites,
-    make_elbo,
-)
+from .estimators import get
+from .kl import check_fallback, check_reparameterized, kl_sites
 from .optim import ForeachAdam
 from .plates import scale_data_plate
 from .rng import forked
@@ -169,7 +164,8 @@ def fit(
         CheckpointError: a corrupt or mismatched checkpoint, or ``checkpoint_dir`` holds one
             and ``resume`` is False.
     """
-    check_estimator(estimator)
+    record = get(estimator)
+    estimator = record.name
     dataset = as_dataset(data, model_kwargs)
     n = dataset.rows
     if batch_size is None:
@@ -197,9 +193,9 @@ def fit(
     group = distributed.world()
     distributed.check_batch(batch_size, group)
     layout = _probe(model, guide, dataset, batch_size // group.size, device)
-    sites = kl_sites(layout, estimator)
-    check_reparameterized(sites, estimator)
-    check_fallback(sites, estimator, strict)
+    sites = kl_sites(layout, record)
+    check_reparameterized(sites, record)
+    check_fallback(sites, record, strict)
     _check_autoguide(guide, layout, batch_size, n)
     scaled = bool(layout.global_sites())  # then each step estimates the full-data ELBO
     if scaled:
@@ -211,7 +207,7 @@ def fit(
         model = distributed.shard_scaled(model, group, layout.data_plate)
         guide = distributed.shard_scaled(guide, group, layout.data_plate)
 
-    elbo = make_elbo(estimator, num_particles, layout.max_plate_nesting, jit=jit)
+    elbo = record.make(num_particles, layout.max_plate_nesting, jit=jit)
     if jit:
         _compile(elbo, model, guide, dataset.head(batch_size // group.size), device)
     beta = LatentScale()

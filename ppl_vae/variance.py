@@ -7,7 +7,7 @@ under every estimator *with the same draw* (a paired comparison):
 - ``"sampled"`` (``Trace_ELBO``): :math:`\hat{\mathcal L}^{(r)} = \frac1N\sum_n
   \log p(x_n|z^{(r)}_n) - [\log q(z^{(r)}_n|x_n) - \log p(z^{(r)}_n)]`;
 - ``"stl"`` (sticking the landing, Roeder et al. 2017): the sampled value; its gradient drops
-  the score term ∇_φ log q(z|x) at fixed z (see :func:`estimator_elbo`);
+  the score term ∇_φ log q(z|x) at fixed z (see :meth:`ppl_vae.estimators.Estimator.score`);
 - ``"analytic"`` (``TraceMeanField_ELBO``): the same with the KL term replaced by
   :math:`\mathrm{KL}(q(z|x_n)\,\|\,p(z))` in closed form where one is registered, so that term
   has zero variance given :math:`x`.
@@ -52,7 +52,7 @@ from pyro import poutine
 
 from .dataset import Batch, as_dataset
 from .errors import EstimatorError
-from .estimators import check_estimator
+from .estimators import get
 from .particles import ParticleTerms, particle_terms
 from .rng import seeded
 from .traces import (
@@ -69,49 +69,19 @@ DECODER = "decoder"
 GRADIENT_COLUMNS = ["estimator", "param_group", "variance", "snr", "mean_norm", "num_params"]
 
 
-def estimator_elbo(
-    terms: ParticleTerms,
-    estimator: str,
-    fixed_log_q: dict[str, torch.Tensor] | None = None,
-    group: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per draw and datapoint: (ELBO, KL term) as ``estimator`` computes them, each (R, N).
-
-    ``terms`` holds R·``group`` particles, draw r owning particles r·group … r·group + group − 1.
-    ``"iwae"`` averages the importance weights of a draw's particles inside the log (its KL
-    term is NaN); the others score the draw's first particle only.
-
-    For ``"stl"`` with ``fixed_log_q`` (log q(z̄|x), z̄ = stop_grad(z), per site) the KL term is
-    the path-derivative surrogate log q(z|x) − log q(z̄|x) + stop_grad(log q(z̄|x)) − log p(z):
-    the sampled value, without the score term's gradient.
-    """
-    n = terms.log_likelihood.shape[1]
-    if check_estimator(estimator) == "iwae":
-        log_w = terms.log_weights().reshape(-1, group, n)
-        bound = torch.logsumexp(log_w, dim=1) - math.log(group)
-        return bound, torch.full_like(bound, math.nan)
-    kls = {site: terms.kl(site, estimator == "analytic") for site in terms.log_prior}
-    if estimator == "stl" and fixed_log_q is not None:
-        kls = {s: kl - fixed_log_q[s] + fixed_log_q[s].detach() for s, kl in kls.items()}
-    kl = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
-    first = slice(None, None, group)  # each draw's first particle
-    return (terms.log_likelihood - kl)[first], kl[first]
-
-
 def default_chunk(num_params: int) -> int:
-    """Draws per vectorized pass: 5 up to 40,000 parameters, down to 1 from 100,000.
-
-    Measured against a naive loop of one ``loss_and_grads`` per draw (docs/performance.md):
-    on the 19,792-parameter digits VAE chunk 5 ran 1.5× and chunk 1 1.2× as fast; on the
-    652,824-parameter MNIST-size VAE chunk 5 ran at 0.55× and chunk 1 at 1.2×.
-    """
+    """Draws per vectorized pass: 5 up to 40,000 parameters, down to 1 from 100,000, where
+    ``benchmarks/vectorized.py`` measured the larger chunk slower than a naive loop
+    (docs/performance.md)."""
     return max(1, min(5, 200_000 // max(1, num_params)))
 
 
 def particles_per_draw(layout: PairTraces, estimators: Sequence[str], iwae_particles: int) -> int:
-    """K = ``iwae_particles`` when ``"iwae"`` is measured, else 1, after checking that the
-    per-datapoint bound applies: K ≥ 2 and every latent site inside the data plate."""
-    if "iwae" not in estimators:
+    """K = ``iwae_particles`` when an importance-weighted estimator is measured, else 1, after
+    checking that the per-datapoint bound applies: K ≥ 2 and every latent site inside the data
+    plate."""
+    weighted = [e for e in estimators if get(e).importance_weighted]
+    if not weighted:
         return 1
     if int(iwae_particles) != iwae_particles or iwae_particles < 2:
         raise EstimatorError(f"iwae_particles must be an integer >= 2, not {iwae_particles!r}")
@@ -122,8 +92,8 @@ def particles_per_draw(layout: PairTraces, estimators: Sequence[str], iwae_parti
     ]
     if outside:
         raise EstimatorError(
-            f"latent site(s) {outside} lie outside the data plate, so the iwae bound is one "
-            "joint weight for the whole minibatch, not a per-datapoint one; measure the other "
+            f"latent site(s) {outside} lie outside the data plate, so the {weighted[0]} bound is "
+            "one joint weight for the whole minibatch, not a per-datapoint one; measure the other "
             "estimators on this pair"
         )
     return int(iwae_particles)
@@ -191,7 +161,7 @@ def estimate_draws(
         terms = particle_terms(model, guide, x, num_draws * group, layout).spread()
         frames = []
         for estimator in estimators:
-            elbo, kl = estimator_elbo(terms, estimator, group=group)
+            elbo, kl = get(estimator).score(terms, group=group)
             frames.append(
                 pd.DataFrame(
                     {
@@ -243,10 +213,9 @@ def gradient_draws(
         for start in range(0, num_draws, chunk):
             m = min(chunk, num_draws - start)
             terms = particle_terms(model, guide, x, m * group, layout).spread()
-            fixed = fixed_log_q(guide, x, terms, layout) if "stl" in estimators else None
-            losses = torch.cat(
-                [-estimator_elbo(terms, e, fixed, group)[0].sum(1) for e in estimators]
-            )
+            path = any(get(e).path_derivative for e in estimators)
+            fixed = fixed_log_q(guide, x, terms, layout) if path else None
+            losses = torch.cat([-get(e).score(terms, fixed, group)[0].sum(1) for e in estimators])
             grads = torch.autograd.grad(
                 losses,
                 params,

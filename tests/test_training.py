@@ -153,7 +153,7 @@ def test_kl_warmup_scales_the_kl_term_of_both_estimators(binary_digits, estimato
     x = binary_digits[0][:32]
     model, guide = bernoulli_vae.make_pair()
     layout = run_pair(model, guide, x)
-    elbo = ppl_vae.estimators.make_elbo(estimator, 1, layout.max_plate_nesting)
+    elbo = ppl_vae.estimators.get(estimator).make(1, layout.max_plate_nesting)
     scale = LatentScale()
 
     def loss_at(beta):
@@ -194,7 +194,7 @@ def test_num_particles_are_vectorized_and_reduce_noise(binary_digits):
     run_pair(model, guide, x)
     spreads = {}
     for particles in (1, 16):
-        elbo = ppl_vae.estimators.make_elbo("sampled", particles, 1)
+        elbo = ppl_vae.estimators.get("sampled").make(particles, 1)
         losses = [elbo.loss(model, guide, x) for _ in range(30)]
         spreads[particles] = np.std(losses)
     assert spreads[16] < spreads[1] / 2  # sd ∝ 1/sqrt(particles): expect ≈ 1/4

@@ -82,8 +82,8 @@ def add_estimator_option(parser: argparse.ArgumentParser) -> None:
         "--estimator",
         choices=sorted(ESTIMATORS),
         default="analytic",
-        help="sampled: Trace_ELBO (KL by Monte Carlo); analytic: TraceMeanField_ELBO "
-        "(closed-form KL where registered) (default analytic)",
+        help="; ".join(f"{e.name}: {e.summary}" for e in ESTIMATORS.values())
+        + " (default analytic)",
     )
 
 

@@ -1,0 +1,162 @@
+r"""Which KL terms get a closed form, per site of q, and what a site's KL label says.
+
+The ELBO's KL term of a latent site is either the closed form KL(q‖p) (Kingma & Welling 2014,
+appendix B, for Gaussians) or the Monte Carlo term log q(z|x) − log p(z). Pyro's
+``TraceMeanField_ELBO`` takes ``torch.distributions.kl_divergence(q, p)`` where one is
+registered and *silently* samples the term elsewhere; :func:`kl_sites` finds out per site what
+an estimator does, so that ``fit`` can report it, warn, or refuse under ``strict=True``.
+
+A Delta never gets the closed form: Pyro registers KL(Delta‖p) = −log p(v), which drops the
+Delta's ``log_density`` (the log-Jacobian of an autoguide's constrained site). Guide sites
+without a model counterpart (an autoguide's ``*_unconstrained`` or ``_Auto*_latent``
+auxiliary sites) are part of q: their log q enters every estimate.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+from pyro.distributions import Delta
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import kl_divergence
+
+from .errors import EstimatorError
+from .traces import PairTraces, is_latent
+
+if TYPE_CHECKING:
+    from .estimators import Estimator
+
+
+CLOSED_FORM = "closed-form"
+SAMPLED = "sampled"
+
+
+class KLFallbackWarning(UserWarning):
+    """A closed-form (analytic) estimator falls back to a sampled KL for some latent site."""
+
+
+def is_auxiliary(guide_site: dict, model_trace) -> bool:
+    """A guide sample site that the model lacks (an autoguide's auxiliary site)."""
+    return (
+        guide_site["type"] == "sample"
+        and not site_is_subsample(guide_site)
+        and guide_site["name"] not in model_trace.nodes
+    )
+
+
+def is_point_mass(fn) -> bool:
+    """A Delta (possibly reinterpreted by ``Independent``/``to_event``)."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return isinstance(fn, Delta)
+
+
+def closed_form_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
+    """KL(q‖p) for one latent site in closed form, scaled and masked as Pyro does, or None.
+
+    None also where q is a point mass (Pyro's KL(Delta‖p) drops its ``log_density``) or not
+    reparameterized (its gradient needs the score function, which the closed form has not).
+    """
+    fn = guide_site["fn"]
+    if is_point_mass(fn) or not getattr(fn, "has_rsample", False):
+        return None
+    try:
+        kl = kl_divergence(guide_site["fn"], model_site["fn"])
+    except NotImplementedError:
+        return None
+    return scale_and_mask(kl, guide_site["scale"], guide_site["mask"])
+
+
+SCORE_FUNCTION = "sampled (score function)"
+AUXILIARY = "sampled (auxiliary)"
+
+
+def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
+    """Per site of q: q and p's distribution, its scope, and how ``estimator`` computes its KL.
+
+    Columns: ``site``, ``q``, ``p`` (None for an auxiliary guide site), ``scope`` (``local``:
+    in the data plate; ``global``: outside it), ``closed_form_available`` and ``kl``:
+    ``"closed-form"``, ``"sampled"`` (log q − log p, pathwise gradient), ``"sampled (score
+    function)"`` (q not reparameterized: Pyro's Trace_ELBO adds the score-function term) or
+    ``"sampled (auxiliary)"`` (a guide-only site: its log q enters the estimate).
+    """
+    rows = []
+    for name, guide_site in traces.guide.nodes.items():
+        if guide_site["type"] != "sample" or guide_site["is_observed"]:
+            continue
+        if site_is_subsample(guide_site):
+            continue
+        model_site = traces.model.nodes.get(name)
+        auxiliary = model_site is None or not is_latent(model_site)
+        available = not auxiliary and closed_form_kl(guide_site, model_site) is not None
+        if auxiliary:
+            how = AUXILIARY
+        elif available and estimator.closed_form_kl:
+            how = CLOSED_FORM
+        elif not getattr(guide_site["fn"], "has_rsample", False):
+            how = SCORE_FUNCTION
+        else:
+            how = SAMPLED
+        rows.append(
+            {
+                "site": name,
+                "q": dist_name(guide_site["fn"]),
+                "p": None if auxiliary else dist_name(model_site["fn"]),
+                "scope": "local" if traces.is_local(guide_site) else "global",
+                "closed_form_available": available,
+                "kl": how,
+            }
+        )
+    columns = ["site", "q", "p", "scope", "closed_form_available", "kl"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def check_reparameterized(sites: pd.DataFrame, estimator: Estimator) -> None:
+    """Refuse an estimator that needs reparameterized sites (``analytic``) when a guide site
+    is not, before any step."""
+    if not estimator.requires_reparameterized:
+        return
+    bad = sites.loc[sites["kl"] == SCORE_FUNCTION]
+    if bad.empty:
+        return
+    detail = ", ".join(f"{r.site} (q={r.q})" for r in bad.itertuples())
+    raise EstimatorError(
+        f"guide site(s) {detail} are not reparameterized, which the {estimator.name} "
+        f"estimator ({estimator.elbo.__name__}) requires; use estimator='sampled' (Trace_ELBO "
+        "with a score-function gradient for those sites)"
+    )
+
+
+def check_fallback(sites: pd.DataFrame, estimator: Estimator, strict: bool) -> None:
+    """Warn (or raise, when ``strict``) if a closed-form estimator samples some site's KL."""
+    if not estimator.closed_form_kl:
+        return
+    fallen = sites.loc[~sites["closed_form_available"] & (sites["kl"] != AUXILIARY)]
+    if fallen.empty:
+        return
+    detail = ", ".join(f"{r.site} (q={r.q}, p={r.p})" for r in fallen.itertuples())
+    message = (
+        f"no closed-form KL is registered for latent site(s) {detail}; the {estimator.name} "
+        "estimator samples their KL term as log q - log p"
+    )
+    if strict:
+        raise EstimatorError(
+            message + "; register one with torch.distributions.kl.register_kl, or use "
+            "estimator='sampled' or strict=False"
+        )
+    warnings.warn(message, KLFallbackWarning, stacklevel=3)
+
+
+def dist_name(fn) -> str:
+    """A distribution's type with its wrapped bases, e.g. ``Independent(Normal)``."""
+    names = []
+    while True:
+        names.append(type(fn).__name__)
+        if not hasattr(fn, "base_dist"):
+            break
+        fn = fn.base_dist
+    return "(".join(names) + ")" * (len(names) - 1)
