@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyro
@@ -34,6 +35,9 @@ from .errors import CheckpointError
 from .files import atomic_write
 from .kl import dist_name
 from .traces import PairTraces, is_latent, is_observed
+
+if TYPE_CHECKING:
+    from .svi import TrainingState
 
 FORMAT = "ppl_vae.checkpoint/1"
 FILENAME = "checkpoint.pt"
@@ -171,17 +175,15 @@ class Checkpointer:
                 "(--resume) to continue it, or choose another checkpoint_dir"
             )
 
-    def restore(self, fingerprint: dict, optim, order: torch.Generator, num_steps: int):
-        """Load the checkpoint into the live run: ``(rows, elapsed, permutation)``.
-
-        Returns ``([], 0.0, None)`` when there is no checkpoint yet (a fresh start). Parameters
-        are restored in place, so modules registered with ``pyro.module`` stay linked.
-        """
+    def restore(self, fingerprint: dict, optim, state: TrainingState, num_steps: int) -> None:
+        """Load the checkpoint into the live run: parameters (in place, so modules registered
+        with ``pyro.module`` stay linked), optimizer, RNGs, and ``state`` whole. Nothing
+        changes when there is no checkpoint yet (a fresh start)."""
         self.fingerprint = fingerprint
         for stale in self.directory.glob(f".{FILENAME}.*.tmp"):  # a write killed half way
             stale.unlink(missing_ok=True)
         if not (self.resume and self.path.exists()):
-            return [], 0.0, None
+            return
         payload = read_checkpoint(self.path)
         differ = differences(payload["fingerprint"], fingerprint)
         if differ:
@@ -198,12 +200,15 @@ class Checkpointer:
         param_io.restore(payload["params"]["params"], payload["params"]["constraints"])
         optim.set_state(payload["optimizer"])
         set_rng_state(payload["rng"])
-        order.set_state(payload["order"])
+        state.order.set_state(payload)
+        state.step = payload["step"]
+        state.rows = [tuple(row) for row in payload["rows"]]
+        state.elapsed = payload["elapsed"]
         self.saved_step = payload["step"]
-        return [tuple(row) for row in payload["rows"]], payload["elapsed"], payload["permutation"]
 
-    def step_done(self, step, rows, elapsed, permutation, optim, order, final: bool) -> None:
-        """Save after ``step`` when it is a multiple of ``every`` or the last one."""
+    def save(self, state: TrainingState, optim, final: bool) -> None:
+        """Save ``state`` when its step is a multiple of ``every`` or ``final``."""
+        step = state.step
         if not (final or step % self.every == 0):
             return
         payload = {
@@ -212,10 +217,9 @@ class Checkpointer:
             "params": param_io.state(),
             "optimizer": optim.get_state(),
             "rng": rng_state(),
-            "order": order.get_state(),
-            "permutation": permutation,
-            "rows": list(rows),
-            "elapsed": elapsed,
+            **state.order.state(),
+            "rows": list(state.rows),
+            "elapsed": state.elapsed,
             "fingerprint": self.fingerprint,
         }
         try:

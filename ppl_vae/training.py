@@ -1,16 +1,17 @@
 """``fit``: stochastic variational inference with the sampled- or analytic-KL ELBO.
 
-The loop is Pyro's ``SVI.step`` (Hoffman et al. 2013; Kingma & Welling 2014) written out so
-that a non-finite loss or gradient is caught *before* the optimizer applies it: minibatches
-are drawn by index from the in-memory (or memory-mapped) data, one seeded permutation per
-epoch, with no DataLoader in the way.
+``fit`` checks its arguments, prepares the pair (probe, KL labels, N/B scaling of the data
+plate, data-parallel sharding, KL warm-up), and then runs the loop: one
+:meth:`~ppl_vae.svi.Trainer.update` per step on an explicit
+:class:`~ppl_vae.svi.TrainingState`, followed by its hooks (progress bar, the user's callback,
+the checkpointer). Minibatches are drawn by index from the in-memory (or memory-mapped) data,
+one seeded permutation per epoch, with no DataLoader in the way.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,6 @@ import pandas as pd
 import pyro
 import pyro.optim
 import torch
-from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 from tqdm.auto import tqdm
 
@@ -29,28 +29,17 @@ from . import params as param_io
 from .checkpoint import Checkpointer, fingerprint
 from .data import check_support
 from .dataset import Batch, Dataset, as_dataset
-from .errors import NumericalError, PairError, PplVaeError
+from .errors import PairError, PplVaeError
 from .estimators import get
 from .kl import check_fallback, check_reparameterized, kl_sites
 from .optim import ForeachAdam
 from .plates import scale_data_plate
 from .rng import forked
-from .traces import PairTraces, is_guide_sample, is_latent, is_observed, run_pair
-from .warmup import LatentScale, anneal, kl_weight
+from .svi import MinibatchOrder, StepInfo, Trainer, TrainingState, history
+from .traces import PairTraces, is_guide_sample, is_observed, run_pair
+from .warmup import LatentScale, anneal
 
-HISTORY_COLUMNS = ["step", "epoch", "elbo", "beta", "time_s"]
 DEFAULT_BATCH_SIZE = 128
-
-
-@dataclass(frozen=True)
-class StepInfo:
-    """What a ``callback`` sees after each step. ``elbo`` is per datapoint of the minibatch."""
-
-    step: int
-    epoch: int
-    elbo: float
-    time_s: float
-    batch: Batch  # the minibatch's arguments; ``batch.args[0]`` is ``x`` of ``model(x)``
 
 
 @dataclass(frozen=True)
@@ -139,8 +128,8 @@ def fit(
         resume: continue from the checkpoint in ``checkpoint_dir`` (if there is one yet): the
             result is bitwise that of the uninterrupted run, ``time_s`` continuing from the
             checkpoint. A mismatched pair, data or setting is refused, naming what differs.
-        jit: compile the ELBO with PyTorch's JIT (``"sampled"`` only, where it measured
-            faster; see docs/performance.md); the pair must run the same code every step.
+        jit: compile the ELBO with PyTorch's JIT (estimators with a compiled variant, see
+            ``ppl_vae.estimators``); the pair must run the same code every step.
         validate_every_step: run Pyro's validation (``pyro.enable_validation``, on unless
             switched off) on every step, not on the first step of the call only. What it
             checks of site shapes, the model/guide match and the data's support cannot change
@@ -149,8 +138,8 @@ def fit(
             the update (the error then names the parameter by validating that minibatch). A
             distribution that clamps an invalid parameter instead (Bernoulli ``probs`` outside
             [0, 1]) trains on silently without this flag: constrain such parameters
-            (``pyro.param(..., constraint=...)``, a sigmoid). Validation cost 7-15% of a step
-            in ``make bench`` (docs/performance.md).
+            (``pyro.param(..., constraint=...)``, a sigmoid). Its cost per step is measured
+            by ``make bench`` (docs/performance.md).
         model_kwargs: constant keyword arguments passed to model and guide with every step.
 
     Parameters already in the param store are trained further; call
@@ -165,11 +154,64 @@ def fit(
             and ``resume`` is False.
     """
     record = get(estimator)
-    estimator = record.name
     dataset = as_dataset(data, model_kwargs)
-    n = dataset.rows
     if batch_size is None:
-        batch_size = min(DEFAULT_BATCH_SIZE, n)
+        batch_size = min(DEFAULT_BATCH_SIZE, dataset.rows)
+    _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmup, jit, optim,
+                     clip_norm)
+    saver = None  # refuses a checkpoint_dir that holds a checkpoint unless resuming
+    if checkpoint_dir is not None or resume:
+        saver = Checkpointer(checkpoint_dir, checkpoint_every, resume)
+    device = torch.device(device)
+    pyro.set_rng_seed(seed)
+    group = distributed.world()
+    distributed.check_batch(batch_size, group)
+    layout, sites, model, guide, beta = _prepare(
+        model, guide, dataset, record, batch_size, device, group, seed, strict, kl_warmup
+    )
+    elbo = record.make(num_particles, layout.max_plate_nesting, jit=jit)
+    if jit:
+        _compile(elbo, model, guide, dataset.head(batch_size // group.size), device)
+    if optim is None:
+        optim = ForeachAdam({"lr": lr}, {"clip_norm": clip_norm} if clip_norm is not None else {})
+    state = TrainingState(MinibatchOrder(dataset.rows, batch_size, seed))
+    dataset = dataset.to(device)
+    if saver:  # resume: parameters in place, optimizer, RNGs, the training state
+        if group.size > 1:
+            raise PplVaeError("checkpoints need a single process; drop checkpoint_dir or nproc")
+        settings = dict(estimator=record.name, batch_size=batch_size, seed=seed, lr=lr,
+                        num_particles=num_particles, kl_warmup=kl_warmup, clip_norm=clip_norm,
+                        jit=jit)
+        saver.restore(fingerprint(layout, dataset, **settings), optim, state, num_steps)
+    scaled = bool(layout.global_sites())  # each step's loss then estimates all N rows' ELBO
+    trainer = Trainer(model, guide, elbo, optim, dataset, group, beta, kl_warmup,
+                      dataset.rows if scaled else batch_size, device, saver)
+    first, stopped = state.step + 1, False
+    with _progress(progress and group.rank == 0, num_steps, state.step, record.name) as bar:
+        for step in range(first, num_steps + 1):
+            info = trainer.update(state, validate_every_step or step == first)
+            bar(info)
+            stopped = callback is not None and bool(callback(info))
+            if saver:
+                saver.save(state, optim, final=stopped or step == num_steps)
+            if stopped:
+                break
+    return FitResult(
+        history=history(state.rows),
+        sites=sites,
+        params={k: v.cpu() for k, v in param_io.snapshot().items()},
+        estimator=record.name,
+        seed=seed,
+        num_steps=state.step,
+        batch_size=batch_size,
+        num_particles=num_particles,
+        stopped_early=stopped,
+    )
+
+
+def _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmup, jit, optim,
+                     clip_norm) -> None:
+    """Refuse bad settings before anything runs, each with the fix."""
     _check_positive(num_steps=num_steps, batch_size=batch_size, num_particles=num_particles)
     if not lr > 0:
         raise PplVaeError(f"lr must be > 0, not {lr}")
@@ -184,106 +226,48 @@ def fit(
         raise PplVaeError("jit=True compiles positional tensor arguments only; pass the data "
                           "as a tuple (model(x, y)) without model_kwargs, or drop jit=True")
     dataset.validate(batch_size)
-    saver = None  # refuses a checkpoint_dir that holds a checkpoint unless resuming
-    if checkpoint_dir is not None or resume:
-        saver = Checkpointer(checkpoint_dir, checkpoint_every, resume)
-    device = torch.device(device)
-    pyro.set_rng_seed(seed)
 
-    group = distributed.world()
-    distributed.check_batch(batch_size, group)
+
+def _prepare(model, guide, dataset, record, batch_size, device, group, seed, strict, kl_warmup):
+    """Probe the pair, label and check its sites, and wrap model and guide for training:
+    N/B scaling of the data plate with global latents, data-parallel sharding, KL warm-up.
+    Returns ``(layout, sites, model, guide, beta)``."""
     layout = _probe(model, guide, dataset, batch_size // group.size, device)
     sites = kl_sites(layout, record)
     check_reparameterized(sites, record)
     check_fallback(sites, record, strict)
-    _check_autoguide(guide, layout, batch_size, n)
-    scaled = bool(layout.global_sites())  # then each step estimates the full-data ELBO
-    if scaled:
-        model = scale_data_plate(model, n / batch_size, layout.data_plate)
-        guide = scale_data_plate(guide, n / batch_size, layout.data_plate)
+    _check_autoguide(guide, layout, batch_size, dataset.rows)
+    if layout.global_sites():  # then each step estimates the full-data ELBO
+        model = scale_data_plate(model, dataset.rows / batch_size, layout.data_plate)
+        guide = scale_data_plate(guide, dataset.rows / batch_size, layout.data_plate)
     if group.size > 1:  # data-parallel: same start everywhere, independent noise per rank
         distributed.broadcast_params()
         pyro.set_rng_seed(seed + group.rank)
         model = distributed.shard_scaled(model, group, layout.data_plate)
         guide = distributed.shard_scaled(guide, group, layout.data_plate)
-
-    elbo = record.make(num_particles, layout.max_plate_nesting, jit=jit)
-    if jit:
-        _compile(elbo, model, guide, dataset.head(batch_size // group.size), device)
     beta = LatentScale()
     if kl_warmup:
         model, guide = anneal(model, beta), anneal(guide, beta)
-    if optim is None:
-        clip = {"clip_norm": clip_norm} if clip_norm is not None else {}
-        optim = ForeachAdam({"lr": lr}, clip)
+    return layout, sites, model, guide, beta
 
-    per_datapoint = n if scaled else batch_size  # the loss estimates this many rows' ELBO
-    batches_per_epoch = n // batch_size
-    order = torch.Generator().manual_seed(seed)
-    dataset = dataset.to(device)
-    rows: list[tuple] = []
-    elapsed, running, stopped, permutation = 0.0, math.nan, False, None
-    if saver:  # resume: parameters in place, optimizer, RNGs, order, history
-        if group.size > 1:
-            raise PplVaeError("checkpoints need a single process; drop checkpoint_dir or nproc")
-        settings = dict(estimator=estimator, batch_size=batch_size, num_particles=num_particles,
-                        seed=seed, kl_warmup=kl_warmup, lr=lr, clip_norm=clip_norm, jit=jit)
-        where = fingerprint(layout, dataset, **settings)
-        rows, elapsed, permutation = saver.restore(where, optim, order, num_steps)
-    quiet = not progress or group.rank > 0
-    bar = tqdm(total=num_steps, initial=len(rows), disable=quiet, desc=f"fit[{estimator}]",
-               unit="step")
-    first = len(rows) + 1
+
+@contextlib.contextmanager
+def _progress(show: bool, total: int, done: int, name: str):
+    """A tqdm bar with the running ELBO (an exponential average), as a per-step hook."""
+    bar = tqdm(total=total, initial=done, disable=not show, desc=f"fit[{name}]", unit="step")
+    running = math.nan
+
+    def hook(info: StepInfo) -> None:
+        nonlocal running
+        running = info.elbo if math.isnan(running) else 0.98 * running + 0.02 * info.elbo
+        bar.update()
+        if info.step % 50 == 0 or info.step == total:
+            bar.set_postfix(elbo=f"{running:.3f}", refresh=False)
+
     try:
-        for step in range(first, num_steps + 1):
-            started = time.perf_counter()
-            epoch, position = divmod(step - 1, batches_per_epoch)
-            if position == 0:
-                permutation = torch.randperm(n, generator=order)
-            index = permutation[position * batch_size : (position + 1) * batch_size]
-            x = dataset.take(distributed.shard(index, group)).to(device, non_blocking=True)
-            beta.beta = kl_weight(step, kl_warmup)
-            validated = validate_every_step or step == first
-            try:
-                with _validation(validated):
-                    loss, grads_finite = _svi_step(elbo, optim, model, guide, x, group)
-            except PplVaeError:
-                raise
-            except (ValueError, RuntimeError) as e:
-                invalid = e if validated else _validation_error(model, guide, x)
-                if not isinstance(invalid, ValueError):  # not an invalid parameter
-                    raise
-                raise _numerical_error(step, math.nan, model, guide, x, rows, saver, invalid) from e
-            if not (grads_finite and math.isfinite(loss)):
-                invalid = None if validated else _validation_error(model, guide, x)
-                raise _numerical_error(step, loss, model, guide, x, rows, saver, invalid)
-            value = -loss / per_datapoint
-            elapsed += time.perf_counter() - started
-            rows.append((step, epoch, value, beta.beta, elapsed))
-            running = value if math.isnan(running) else 0.98 * running + 0.02 * value
-            bar.update()
-            if step % 50 == 0 or step == num_steps:
-                bar.set_postfix(elbo=f"{running:.3f}", refresh=False)
-            info = StepInfo(step, epoch, value, elapsed, x)
-            stopped = callback is not None and bool(callback(info))
-            if saver:
-                final = stopped or step == num_steps
-                saver.step_done(step, rows, elapsed, permutation, optim, order, final)
-            if stopped:
-                break
+        yield hook
     finally:
         bar.close()
-    return FitResult(
-        history=_history(rows),
-        sites=sites,
-        params={k: v.cpu() for k, v in param_io.snapshot().items()},
-        estimator=estimator,
-        seed=seed,
-        num_steps=len(rows),
-        batch_size=batch_size,
-        num_particles=num_particles,
-        stopped_early=stopped,
-    )
 
 
 def _check_positive(**values: int) -> None:
@@ -339,80 +323,3 @@ def _compile(elbo, model, guide, x: Batch, device: torch.device) -> None:
         elbo.loss_and_grads(model, guide, *x.args, **x.kwargs)
     for _, p in pyro.get_param_store().named_parameters():
         p.grad = None
-
-
-def _validation(on: bool):
-    """Pyro's validation as the user set it (``on``), or switched off for this step."""
-    return contextlib.nullcontext() if on else pyro.validation_enabled(False)
-
-
-def _validation_error(model, guide, x: Batch) -> ValueError | None:
-    """The ``ValueError`` (an invalid parameter) that running the pair on ``x`` raises under
-    the user's validation setting, or None; the random streams are untouched."""
-    with forked(), torch.no_grad():
-        try:
-            run_pair(model, guide, x)
-        except PairError as e:
-            return e.__cause__ if isinstance(e.__cause__, ValueError) else None
-    return None
-
-
-def _svi_step(elbo, optim, model, guide, x: Batch, group: distributed.World) -> tuple[float, bool]:
-    """One ``SVI.step``: (loss, gradients finite). Nothing is applied unless both are finite.
-
-    With several processes, gradients and loss are averaged over them first (by name order).
-    """
-    with poutine.trace(param_only=True) as capture:
-        loss = elbo.loss_and_grads(model, guide, *x.args, **x.kwargs)
-    nodes = capture.trace.nodes
-    params = [nodes[name]["value"].unconstrained() for name in sorted(nodes)]
-    if group.size > 1:
-        loss = distributed.average_gradients(params, loss)
-    grads = [p.grad for p in params if p.grad is not None]
-    # one host sync: a sum of norms is finite iff every gradient entry is
-    finite = not grads or math.isfinite(float(torch.stack(torch._foreach_norm(grads)).sum()))
-    if finite and math.isfinite(loss):
-        optim(params)
-    for p in params:  # freed, not zeroed: the next backward writes instead of accumulating
-        p.grad = None
-    return loss, finite
-
-
-def _numerical_error(step, loss, model, guide, x, rows, saver, invalid=None) -> NumericalError:
-    """Name the step and the sites whose log-density is non-finite on this minibatch.
-
-    ``invalid`` is the ``ValueError`` of Pyro's validation when a distribution was given an
-    invalid parameter; the sites are then found by running the pair without validation.
-    """
-    bad_sites = []
-    with torch.no_grad(), pyro.validation_enabled(False):
-        try:
-            traces = run_pair(model, guide, x)
-            for trace in (traces.guide, traces.model):
-                trace.compute_log_prob()
-                for name, site in trace.nodes.items():
-                    if (is_latent(site) or is_observed(site)) and not bool(
-                        torch.isfinite(site["log_prob"]).all()
-                    ):
-                        bad_sites.append(name)
-        except PplVaeError:
-            pass
-    where = (
-        f"non-finite log-density at site(s) {sorted(set(bad_sites))}"
-        if bad_sites
-        else ("the log-densities are finite now, so a gradient overflowed")
-    )
-    problem = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'}"
-    if invalid is not None:
-        problem = f"a distribution's parameter is invalid ({str(invalid).strip().splitlines()[0]})"
-    kept = f"; {saver.kept()}" if saver else ""
-    return NumericalError(
-        f"training stopped at step {step}: {problem} ({where}); the parameters keep "
-        f"their values from the last good step{kept}; try a lower lr, clip_norm=10.0, or "
-        "rescaling the data",
-        history=_history(rows),
-    )
-
-
-def _history(rows: list[tuple]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
