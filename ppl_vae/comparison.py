@@ -63,9 +63,10 @@ from . import params as param_io
 from .dataset import as_dataset
 from .errors import OutputError, PplVaeError
 from .estimators import get
-from .evaluation import evaluate, log_likelihood, param_device
+from .evaluation import evaluate, log_likelihood
 from .files import atomic_write_text
 from .kl import KLFallbackWarning
+from .rng import derived_seed
 from .runs import read_json, run_directory, versions, write_json
 from .traces import run_pair
 from .training import DEFAULT_BATCH_SIZE, fit
@@ -302,37 +303,24 @@ def _isolated(model, guide, probe, modules, device) -> Iterator[set[str]]:
 
     Yields the names of the parameters the pair creates itself (absent before).
     """
-    store = pyro.get_param_store()
-    before = set(store.keys())
     rng = pyro.util.get_rng_state()
+    original = {}
     try:
-        for module in modules:
-            module.to(device)
-        with torch.no_grad():
-            run_pair(model, guide, probe.to(device))  # registers every parameter as it is
-        _to_device(device)
-        original = param_io.snapshot()
-    except BaseException:
-        _forget_new(before)
-        raise
-    try:
-        yield set(store.keys()) - before
+        with param_io.created() as new:
+            try:
+                for module in modules:
+                    module.to(device)
+                with param_io.created() as own, torch.no_grad():
+                    run_pair(model, guide, probe.to(device))  # registers every parameter
+                param_io.to_device(device)
+                original = param_io.snapshot()
+                yield own
+            finally:
+                store = pyro.get_param_store()
+                param_io.restore({n: v for n, v in original.items() if n in store})
     finally:
-        param_io.restore({n: v for n, v in original.items() if n in store})
-        _forget_new(before)
+        param_io.forget(new)
         pyro.util.set_rng_state(rng)
-
-
-def _forget_new(before: set[str]) -> None:
-    store = pyro.get_param_store()
-    for name in set(store.keys()) - before:
-        del store[name]
-
-
-def _to_device(device: torch.device) -> None:
-    with torch.no_grad():
-        for _, unconstrained in pyro.get_param_store().named_parameters():
-            unconstrained.data = unconstrained.data.to(device)
 
 
 def _initial_parameters(
@@ -340,17 +328,14 @@ def _initial_parameters(
 ) -> dict[str, torch.Tensor]:
     """Seed ``seed``'s initial parameters (module doc), returned as a snapshot."""
     pyro.set_rng_seed(int(seed))
-    store = pyro.get_param_store()
-    for name in created:
-        if name in store:
-            del store[name]
+    param_io.forget(created)
     with torch.no_grad():
         for module in modules:
             for layer in module.modules():
                 if hasattr(layer, "reset_parameters"):
                     layer.reset_parameters()
         run_pair(model, guide, probe.to(device))
-    _to_device(device)
+    param_io.to_device(device)
     return param_io.snapshot()
 
 
@@ -377,12 +362,12 @@ class _Run:
 
     def measure(self, step: int, measures: dict) -> None:
         """Estimate and gradient variance on the probe minibatch at the current parameters."""
-        x = self.probe.to(param_device())
+        x = self.probe.to(param_io.device())
         tags = {"run": self.estimator, "seed": self.seed, "step": step}
         how = dict(
             num_draws=measures["num_draws"],
             iwae_particles=measures["iwae_particles"],
-            seed=self.seed * 1_000_003 + step,
+            seed=derived_seed(self.seed, step),
         )
         grads = gradient_variance(self.model, self.guide, x, self.estimators, **how)
         draws = estimate_draws(self.model, self.guide, x, self.estimators, **how)
@@ -391,7 +376,7 @@ class _Run:
 
     def evaluate(self, step: int, held_out: torch.Tensor, particles: int) -> None:
         terms = evaluate(
-            self.model, self.guide, held_out, particles, seed=self.seed * 1_000_003 + step
+            self.model, self.guide, held_out, particles, seed=derived_seed(self.seed, step)
         )
         self.test_elbo[step] = terms.attrs["joint"]["elbo"] / len(terms)
 
@@ -421,8 +406,8 @@ class _Run:
 
     def finish(self, held_out, particles, ll_samples, exact) -> None:
         """Final held-out quality, cost, and the memory of one training step."""
-        x = held_out.to(param_device())
-        seed = self.seed * 1_000_003 + self.result.num_steps + 1
+        x = held_out.to(param_io.device())
+        seed = derived_seed(self.seed, self.result.num_steps + 1)
         terms = evaluate(self.model, self.guide, x, particles, seed=seed)
         elbo = terms.attrs["joint"]["elbo"] / len(terms)  # the mean row's, globals included
         ll = log_likelihood(self.model, self.guide, x, ll_samples, seed=seed)
@@ -444,7 +429,7 @@ class _Run:
 
     def _step_memory(self) -> dict[str, float]:
         """Memory of one loss-and-gradient pass on the probe minibatch (module doc, item 4)."""
-        x = self.probe.to(param_device())
+        x = self.probe.to(param_io.device())
         layout = run_pair(self.model, self.guide, x)
         elbo = get(self.estimator).make(self.particles, layout.max_plate_nesting)
         params = {p.data_ptr() for _, p in pyro.get_param_store().named_parameters()}

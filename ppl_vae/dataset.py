@@ -14,10 +14,11 @@ with one index.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data import Array, as_array, take, validate_data
@@ -167,3 +168,27 @@ def _array(value, name: str) -> Array:
         return as_array(value)
     except DataError as e:
         raise DataError(f"per-row array {name}: {e}") from e
+
+
+def select_rows(
+    data, obs: Sequence[int] | None, device: torch.device, model_kwargs=None
+) -> tuple[Batch, torch.Tensor]:
+    """The rows ``obs`` (default all) of ``data`` as one batch on ``device``, and their row
+    numbers; refuses empty, repeated or out-of-range row numbers."""
+    dataset = as_dataset(data, model_kwargs)
+    dataset.validate()
+    index = torch.arange(dataset.rows) if obs is None else _row_index(obs, dataset.rows)
+    return dataset.take(index).to(device), index
+
+
+def _row_index(obs: Sequence[int], num_rows: int) -> torch.Tensor:
+    index = torch.as_tensor(np.asarray(obs, dtype=np.int64).reshape(-1))
+    if index.numel() == 0:
+        raise DataError("obs selects no rows; give at least one row number")
+    if int(index.min()) < 0 or int(index.max()) >= num_rows:
+        raise DataError(
+            f"obs has row numbers outside 0..{num_rows - 1} (the data has {num_rows} rows)"
+        )
+    if index.unique().numel() != index.numel():
+        raise DataError("obs repeats row numbers; give each row once")
+    return index

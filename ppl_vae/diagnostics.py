@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from . import arviz_compat
+from .errors import check_positive
 from .evaluation import log_weights
-from .inference_data import check_count
 
 GOOD, USABLE = 0.5, 0.7
 CONSTANT_SPREAD = 1e-3  # max − min of the log weights below which they count as equal
@@ -66,7 +66,7 @@ def vi_diagnostics(
     ``attrs["joint_log_likelihood"]`` are those of the whole data set's weights, and the
     verdict is about them (``attrs["global_sites"]`` lists the sites).
     """
-    check_count("num_samples", num_samples)
+    check_positive(num_samples=num_samples)
     weights = log_weights(
         model,
         guide,

@@ -42,3 +42,10 @@ class NumericalError(PplVaeError):
 
 class CheckpointError(PplVaeError):
     """A parameter or checkpoint file is missing, corrupt, truncated or does not match."""
+
+
+def check_positive(**values: int) -> None:
+    """Refuse each ``name=value`` that is not a positive integer, naming it."""
+    for name, value in values.items():
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise PplVaeError(f"{name} must be a positive integer, not {value!r}")

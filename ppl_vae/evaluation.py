@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import pyro
 import torch
 
+from . import params
 from .dataset import Dataset, as_dataset
 from .estimators import get
 from .kl import CLOSED_FORM, SAMPLED
@@ -68,7 +68,7 @@ def prepare(
     """Check the data, probe the pair on its first batch (under no_grad)."""
     dataset = as_dataset(data, model_kwargs)
     dataset.validate()
-    device = param_device()
+    device = params.device()
     with torch.no_grad():
         layout = run_pair(model, guide, dataset.head(batch_size).to(device))
     return Prepared(dataset, layout, layout.global_sites(), device)
@@ -260,10 +260,3 @@ def log_likelihood(
         joint, per_row = float(series.sum()), "IWAE lower bound of log p(x_n)"
     series.attrs |= {"joint": joint, "global_sites": weights.global_sites, "per_row": per_row}
     return series
-
-
-def param_device() -> torch.device:
-    """The device of the parameters in Pyro's param store (CPU if it is empty)."""
-    for _, value in pyro.get_param_store().items():
-        return value.device
-    return torch.device("cpu")

@@ -27,9 +27,9 @@ import torch
 from pyro import poutine
 
 from . import arviz_compat
-from .dataset import Batch, as_dataset
-from .errors import DataError, PplVaeError
-from .evaluation import param_device
+from . import params as param_io
+from .dataset import Batch, select_rows
+from .errors import check_positive
 from .params import restore, snapshot
 from .particles import ParticleSampler
 from .rng import seeded
@@ -79,9 +79,9 @@ def to_inference_data(
         ``arviz.InferenceData`` (an xarray ``DataTree`` under arviz ≥ 1.0) with the groups
         listed in the module docstring.
     """
-    check_count("num_samples", num_samples)
+    check_positive(num_samples=num_samples)
     fits = [fits] if isinstance(fits, FitResult) else list(fits or [])
-    x, index = select_rows(data, obs, model_kwargs)
+    x, index = select_rows(data, obs, param_io.device(), model_kwargs)
     if fits:
         saved = snapshot()
         try:
@@ -134,34 +134,6 @@ def site_dims(name: str, site: dict, layout: PairTraces, row: str = OBS_DIM) -> 
     data_axis = batch_ndim + data_dim if inside and batch_ndim >= -data_dim else None
     others = iter(range(len(shape)))
     return [row if a == data_axis else f"{name}_dim_{next(others)}" for a in range(len(shape))]
-
-
-def check_count(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
-        raise PplVaeError(f"{name} must be a positive integer, not {value!r}")
-
-
-def select_rows(
-    data, obs: Sequence[int] | None, model_kwargs: Mapping[str, object] | None = None
-) -> tuple[Batch, torch.Tensor]:
-    """The selected rows (as one batch) on the parameters' device, and their row numbers."""
-    dataset = as_dataset(data, model_kwargs)
-    dataset.validate()
-    index = torch.arange(dataset.rows) if obs is None else _index(obs, dataset.rows)
-    return dataset.take(index).to(param_device()), index
-
-
-def _index(obs: Sequence[int], num_rows: int) -> torch.Tensor:
-    index = torch.as_tensor(np.asarray(obs, dtype=np.int64).reshape(-1))
-    if index.numel() == 0:
-        raise DataError("obs selects no rows; give at least one row number")
-    if int(index.min()) < 0 or int(index.max()) >= num_rows:
-        raise DataError(
-            f"obs has row numbers outside 0..{num_rows - 1} (the data has {num_rows} rows)"
-        )
-    if index.unique().numel() != index.numel():
-        raise DataError("obs repeats row numbers; give each row once")
-    return index
 
 
 def _chain(

@@ -1,4 +1,5 @@
-"""Pyro's parameter store: snapshots, in-place restores, and a tensors-only file format.
+"""Pyro's parameter store: snapshots, in-place restores, device moves, the parameters a call
+creates, and a tensors-only file format. Nothing else in ppl_vae reaches into the store.
 
 Restores copy values *into* the existing tensors. ``pyro.module`` keeps a module's own
 ``Parameter`` objects in the store; replacing them (as ``ParamStoreDict.set_state`` does) would
@@ -11,10 +12,12 @@ never runs code from the file.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import pickle
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyro
@@ -31,6 +34,45 @@ FORMAT = "ppl_vae.params/1"
 def snapshot() -> dict[str, torch.Tensor]:
     """Detached copies of every unconstrained parameter in the store."""
     return {name: p.detach().clone() for name, p in pyro.get_param_store().named_parameters()}
+
+
+def unconstrained(names: list[str]) -> list[torch.Tensor]:
+    """The store's live unconstrained tensors of ``names`` (what gradients are taken of)."""
+    live = dict(pyro.get_param_store().named_parameters())
+    return [live[name] for name in names]
+
+
+def to_device(device: torch.device) -> None:
+    """Move every parameter of the store to ``device``, in place (modules stay linked)."""
+    with torch.no_grad():
+        for _, value in pyro.get_param_store().named_parameters():
+            value.data = value.data.to(device)
+
+
+def device() -> torch.device:
+    """The device of the store's parameters (CPU if it is empty)."""
+    for _, value in pyro.get_param_store().items():
+        return value.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def created() -> Iterator[set[str]]:
+    """The names of the parameters created inside the block (filled in when it ends)."""
+    store = pyro.get_param_store()
+    before = set(store.keys())
+    names: set[str] = set()
+    try:
+        yield names
+    finally:
+        names.update(set(store.keys()) - before)
+
+
+def forget(names) -> None:
+    """Remove ``names`` from the store (those still there)."""
+    store = pyro.get_param_store()
+    for name in set(names) & set(store.keys()):
+        del store[name]
 
 
 def restore(values: dict[str, torch.Tensor], constraint_specs: dict | None = None) -> None:

@@ -21,10 +21,10 @@ import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS
 
-from . import arviz_compat
-from .dataset import Batch
-from .errors import DataError, PairError
-from .inference_data import check_count, row_dim, select_rows, site_dims
+from . import arviz_compat, params
+from .dataset import Batch, select_rows
+from .errors import DataError, PairError, check_positive
+from .inference_data import row_dim, site_dims
 from .rng import seeded
 from .traces import PairTraces, data_plate, is_latent, is_observed
 
@@ -54,9 +54,8 @@ def reference_posterior(
         ArviZ's object (``InferenceData``; ``DataTree`` under arviz ≥ 1.0): posterior,
         sample_stats (``diverging``), observed data; ``attrs["inference"] = "NUTS"``.
     """
-    for name, value in (("num_samples", num_samples), ("num_chains", num_chains)):
-        check_count(name, value)
-    x, index = select_rows(data, obs, model_kwargs)
+    check_positive(num_samples=num_samples, num_chains=num_chains)
+    x, index = select_rows(data, obs, params.device(), model_kwargs)
     trace = _trace_with_trained_params(model, x)
     plate = data_plate(trace, x.rows)
     layout = PairTraces(trace, trace, 0, plate.dim, plate.name)
@@ -108,17 +107,13 @@ def _groups(runs: list[MCMC], trace) -> dict[str, dict[str, np.ndarray]]:
 
 def _trace_with_trained_params(model: Callable, x: Batch):
     """Trace the model once; refuse (and undo) if it had to create parameters."""
-    store = pyro.get_param_store()
-    before = set(store.keys())
-    with torch.no_grad():
+    with params.created() as created, torch.no_grad():
         trace = x(poutine.trace(model).get_trace)
-    created = sorted(set(store.keys()) - before)
     if created:
-        for name in created:
-            del store[name]
+        params.forget(created)
         raise PairError(
-            f"the model's parameter(s) {created} are not in Pyro's param store; fit the pair "
-            "or load its params.pt before sampling the reference posterior"
+            f"the model's parameter(s) {sorted(created)} are not in Pyro's param store; fit the "
+            "pair or load its params.pt before sampling the reference posterior"
         )
     return trace
 

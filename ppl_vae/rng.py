@@ -26,3 +26,9 @@ def seeded(seed: int | None) -> Iterator[None]:
     with forked():
         torch.manual_seed(seed)
         yield
+
+
+def derived_seed(seed: int, step: int) -> int:
+    """A seed for the draws made at ``step`` of the run seeded by ``seed``: distinct for every
+    (seed, step) pair below a million steps, so measurements never share draws."""
+    return int(seed) * 1_000_003 + int(step)

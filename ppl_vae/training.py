@@ -29,7 +29,7 @@ from . import params as param_io
 from .checkpoint import Checkpointer, fingerprint
 from .data import check_support
 from .dataset import Batch, Dataset, as_dataset
-from .errors import PairError, PplVaeError
+from .errors import PairError, PplVaeError, check_positive
 from .estimators import get
 from .kl import check_fallback, check_reparameterized, kl_sites
 from .optim import ForeachAdam
@@ -212,7 +212,7 @@ def fit(
 def _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmup, jit, optim,
                      clip_norm) -> None:
     """Refuse bad settings before anything runs, each with the fix."""
-    _check_positive(num_steps=num_steps, batch_size=batch_size, num_particles=num_particles)
+    check_positive(num_steps=num_steps, batch_size=batch_size, num_particles=num_particles)
     if not lr > 0:
         raise PplVaeError(f"lr must be > 0, not {lr}")
     if kl_warmup < 0:
@@ -270,12 +270,6 @@ def _progress(show: bool, total: int, done: int, name: str):
         bar.close()
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if int(value) != value or value < 1:
-            raise PplVaeError(f"{name} must be a positive integer, not {value!r}")
-
-
 def _probe(model, guide, dataset: Dataset, batch_size: int, device: torch.device) -> PairTraces:
     """Run the pair on the first minibatch, check the data's support, move params to device."""
     x = dataset.head(batch_size)
@@ -293,9 +287,7 @@ def _probe(model, guide, dataset: Dataset, batch_size: int, device: torch.device
             rows = value.reshape(x.rows, -1) if value.dim() and value.shape[0] == x.rows else value
             check_support(rows.reshape(rows.shape[0] if rows.dim() else 1, -1), name, support,
                           value.device)
-    with torch.no_grad():
-        for _, unconstrained in pyro.get_param_store().named_parameters():
-            unconstrained.data = unconstrained.data.to(device)
+    param_io.to_device(device)
     return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
 
 

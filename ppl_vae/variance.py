@@ -46,10 +46,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
-import pyro
 import torch
 from pyro import poutine
 
+from . import params as param_io
 from .dataset import Batch, as_dataset
 from .errors import EstimatorError
 from .estimators import get
@@ -202,11 +202,10 @@ def gradient_draws(
     _check_reparameterized(layout)
     group = particles_per_draw(layout, estimators, iwae_particles)
     with seeded(seed):
-        store = pyro.get_param_store()
         names = [n for n, s in layout.guide.nodes.items() if s["type"] == "param"]
         names += [n for n, s in layout.model.nodes.items() if s["type"] == "param"]
         names = list(dict.fromkeys(names))
-        params = [store._params[n] for n in names]
+        params = param_io.unconstrained(names)
         if chunk is None:
             chunk = default_chunk(sum(p.numel() for p in params))
         per_estimator: dict[str, list[list[torch.Tensor]]] = {e: [] for e in estimators}
