@@ -8,7 +8,7 @@ The identity everything rests on (see docs/derivation.md)::
 
 from . import nets, optim
 from .checkpoint import read_checkpoint
-from .comparison import Comparison, compare_estimators
+from .comparison import Comparison, ComparisonSettings, compare_estimators
 from .data import load_data, train_test_split
 from .diagnostics import vi_diagnostics
 from .errors import (
@@ -27,7 +27,6 @@ from .kl import KLFallbackWarning
 from .pair import ModelGuidePair, load_pair
 from .params import load_params, save_params
 from .reference import compare_posteriors, plot_comparison, reference_posterior
-from .report import write_report
 from .training import FitResult, StepInfo, fit
 from .variance import gradient_variance
 
@@ -38,6 +37,7 @@ __all__ = [
     "compare_estimators",
     "compare_posteriors",
     "Comparison",
+    "ComparisonSettings",
     "DataError",
     "EstimatorError",
     "ESTIMATORS",
@@ -67,5 +67,4 @@ __all__ = [
     "to_inference_data",
     "train_test_split",
     "vi_diagnostics",
-    "write_report",
 ]

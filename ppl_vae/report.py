@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .comparison import Comparison
 from .estimators import get
 from .files import atomic_write, atomic_write_text
 from .kl import AUXILIARY, CLOSED_FORM
-from .runs import run_directory
+
+if TYPE_CHECKING:
+    from .comparison import Comparison
 
 FIGURES = {
     "convergence_steps.png": "ELBO per datapoint against training steps",
@@ -35,24 +37,6 @@ LABELS = {
 }
 
 
-def write_report(
-    comparison: Comparison,
-    out: str | Path,
-    *,
-    command: str = "",
-    description: str = "a model/guide pair",
-    overwrite: bool = False,
-) -> Path:
-    """Write ``report.md``, the PNG figures and every table as CSV into a new directory.
-
-    The directory appears whole or not at all (see :func:`~ppl_vae.runs.run_directory`).
-    Returns the path of ``report.md``.
-    """
-    with run_directory(out, overwrite) as staging:
-        write_files(comparison, staging, command=command, description=description)
-    return Path(out) / "report.md"
-
-
 def write_files(
     comparison: Comparison,
     directory: Path,
@@ -60,8 +44,8 @@ def write_files(
     command: str = "",
     description: str = "a model/guide pair",
 ) -> None:
-    """Write the report's files into an existing ``directory``, each file atomically."""
-    comparison.write(directory)
+    """Write ``report.md`` and its figures into an existing ``directory``, each atomically
+    (:meth:`~ppl_vae.Comparison.save` writes the tables beside them)."""
     for name in FIGURES:
         figure = FIGURE_MAKERS[name](comparison)
         atomic_write(directory / name, lambda f, fig=figure: fig.savefig(f, format="png", dpi=110))

@@ -24,15 +24,7 @@ from .files import atomic_write_text, umask
 def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that becomes ``out`` when the block succeeds."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(
-            f"output {str(out)!r} exists and is not a directory; choose another --out"
-        )
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputError(
-            f"output directory {str(out)!r} already holds a run; choose another --out or pass "
-            "--overwrite to replace it"
-        )
+    check_output(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     staging.chmod(0o777 & ~umask())
@@ -48,6 +40,21 @@ def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(out)
+
+
+def check_output(out: str | Path, overwrite: bool = False) -> None:
+    """Refuse an ``out`` that is a file, or a directory holding a run unless ``overwrite``:
+    called before a long computation, so that it is not lost at the end."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(
+            f"output {str(out)!r} exists and is not a directory; choose another --out"
+        )
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise OutputError(
+            f"output directory {str(out)!r} already holds a run; choose another --out or pass "
+            "--overwrite to replace it"
+        )
 
 
 def write_json(path: str | Path, payload: dict) -> None:

@@ -49,14 +49,20 @@ def add_pair_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
-    """--steps, --seed, --batch-size, --lr, --particles, --kl-warmup, --device, --clip-norm."""
+def add_run_options(parser: argparse.ArgumentParser, steps: int) -> None:
+    """--steps, --batch-size, --lr, --device: what every training command takes."""
     parser.add_argument("--steps", type=int, default=steps, help=f"SVI steps (default {steps})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--batch-size", type=int, help="minibatch rows (default 128, or all rows if fewer)"
     )
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
+    """:func:`add_run_options`, and --seed, --particles, --kl-warmup, --clip-norm."""
+    add_run_options(parser, steps)
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--particles", type=int, default=1, help="ELBO particles per step, vectorized (1)"
     )
@@ -67,7 +73,6 @@ def add_training_options(parser: argparse.ArgumentParser, steps: int) -> None:
         metavar="W",
         help="anneal the KL weight linearly from 1/W to 1 over W steps (default 0: off)",
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
         "--clip-norm",
         type=float,

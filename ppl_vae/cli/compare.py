@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..comparison import compare_estimators
+from ..comparison import ComparisonSettings, compare_estimators
 from ..estimators import ESTIMATORS
-from ..report import write_files
-from ..runs import run_directory
-from .common import add_pair_options, command_line, load_inputs
+from ..runs import check_output
+from .common import add_pair_options, add_run_options, command_line, load_inputs
 
 
 def register(commands) -> None:
@@ -32,9 +31,7 @@ def register(commands) -> None:
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=[0, 1, 2], help="one run per seed (0 1 2)"
     )
-    parser.add_argument("--steps", type=int, default=3000, help="SVI steps per run (3000)")
-    parser.add_argument("--batch-size", type=int, default=128, help="minibatch rows (128)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (1e-3)")
+    add_run_options(parser, steps=3000)
     parser.add_argument(
         "--draws",
         type=int,
@@ -54,7 +51,6 @@ def register(commands) -> None:
     parser.add_argument(
         "--ll-samples", type=int, default=1000, help="importance samples for log p(x) (1000)"
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--out", required=True, help="report directory to create")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUT if it already holds a run"
@@ -64,29 +60,33 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output(args.out, args.overwrite)  # refuses a taken OUT before hours of training
     inputs = load_inputs(args)
     model, guide = inputs.pair
-    with run_directory(args.out, args.overwrite) as staging:  # refuses a taken OUT up front
-        comparison = compare_estimators(
-            model,
-            guide,
-            inputs.train,
-            inputs.test,
-            estimators=args.estimators,
-            seeds=args.seeds,
-            num_steps=args.steps,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            num_draws=args.draws,
-            iwae_particles=args.iwae_particles,
-            num_checkpoints=args.checkpoints,
-            ll_samples=args.ll_samples,
-            modules=inputs.pair.modules,
-            exact_log_likelihood=inputs.pair.exact_log_likelihood,
-            device=args.device,
-            progress=not args.no_progress,
-        )
-        write_files(comparison, staging, command=command_line(args), description=inputs.description)
+    settings = ComparisonSettings(
+        estimators=args.estimators,
+        seeds=args.seeds,
+        num_steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        num_draws=args.draws,
+        iwae_particles=args.iwae_particles,
+        num_checkpoints=args.checkpoints,
+        ll_samples=args.ll_samples,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    comparison = compare_estimators(
+        model,
+        guide,
+        inputs.train,
+        inputs.test,
+        settings,
+        modules=inputs.pair.modules,
+        exact_log_likelihood=inputs.pair.exact_log_likelihood,
+    )
+    comparison.save(args.out, args.overwrite, command=command_line(args),
+                    description=inputs.description)
     summary = comparison.summary.set_index("estimator")
     lines = [f"{inputs.description}: {len(args.seeds)} seeds x {args.steps} steps"]
     for estimator, row in summary.iterrows():
