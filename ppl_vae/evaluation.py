@@ -71,7 +71,7 @@ def prepare(
     device = params.device()
     with torch.no_grad():
         layout = run_pair(model, guide, dataset.head(batch_size).to(device))
-    return Prepared(dataset, layout, layout.global_sites(), device)
+    return Prepared(dataset, layout, layout.global_latents(), device)
 
 
 def draw_terms(

@@ -6,7 +6,8 @@ under the model, and the groups are
 
 - ``posterior``: every latent site's draws, dims ``(chain, draw, ...)``; the axis of a site
   that runs over the data plate is named ``obs`` (coordinates: the row numbers; ``obs_row``
-  when a site itself is named ``obs``, as in Pyro's examples; ``attrs["row_dim"]`` says which),
+  when a site itself is named ``obs``, as in Pyro's examples; each group's ``attrs["row_dim"]``
+  says which),
   the others ``{site}_dim_{i}``; global latents keep their own shapes, drawn once per draw;
 - ``posterior_predictive``: replicated observations :math:`\tilde x \sim p(x|z_{n,s})`;
 - ``log_likelihood``: :math:`\log p(x_n|z_{n,s})` per observed site, dims ``(chain, draw, obs)``;

@@ -67,8 +67,14 @@ class PairTraces:
         """Whether ``site`` lies in the data plate (one value per row): a local site."""
         return in_data_plate(site, self.data_plate)
 
+    def global_latents(self) -> list[str]:
+        """The model's latent sites outside the data plate, as results name them; where the
+        model has none but q has global auxiliary sites (which couple the rows), those."""
+        nodes = self.model.nodes.items()
+        return [n for n, s in nodes if is_latent(s) and not self.is_local(s)] or self.global_sites()
+
     def global_sites(self) -> list[str]:
-        """Guide sample sites (auxiliary ones too) outside the data plate: global latents."""
+        """Guide sample sites (auxiliary ones too) outside the data plate: q's global part."""
         nodes = self.guide.nodes.items()
         return [n for n, s in nodes if is_guide_sample(s) and not self.is_local(s)]
 
@@ -137,7 +143,8 @@ def check_dtypes(batch: Batch, params: list[torch.Tensor]) -> None:
         (dtype,) = data
         raise PairError(
             f"the data is {dtype} but the pair has {sorted(map(str, have - data))} parameters; "
-            f"make them agree: convert the data (e.g. x.to({sorted(map(str, have))[0]})) or "
+            f"make them agree: convert the data (x.to({sorted(map(str, have))[0]}); a data file: "
+            "save it in that dtype) or "
             f"build the pair's parameters and networks in {dtype} (module.to({dtype}))"
         )
 
@@ -198,7 +205,7 @@ def data_plate(model_trace: Trace, batch_size: int):
         for site in model_trace.nodes.values()
         if is_observed(site)
         for frame in site["cond_indep_stack"]
-        if frame.vectorized and frame.size == batch_size and frame.name != PARTICLE_PLATE
+        if frame.vectorized and frame.name != PARTICLE_PLATE and _spans(frame, site, batch_size)
     }
     if not frames:
         raise PairError(
@@ -207,6 +214,16 @@ def data_plate(model_trace: Trace, batch_size: int):
         )
     named = [f for f in frames if f.name == "data"]
     return (named or sorted(frames, key=lambda f: f.dim))[0]
+
+
+def _spans(frame, site: dict, rows: int) -> bool:
+    """Whether plate ``frame`` runs over ``rows`` at ``site``: its size, or for a plate without
+    one (``pyro.plate("data")``, size -1, sized by broadcasting) the site's batch shape at its
+    dim."""
+    if frame.size is not None and frame.size >= 0:
+        return frame.size == rows
+    shape = site["fn"].batch_shape
+    return len(shape) >= -frame.dim and shape[frame.dim] == rows
 
 
 def with_particles(fn: Callable, num_particles: int, max_plate_nesting: int) -> Callable:

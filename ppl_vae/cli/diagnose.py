@@ -133,7 +133,7 @@ def _figures(idata, khat: np.ndarray, folder: Path) -> None:
     import matplotlib.pyplot as plt
 
     latents = list(arviz_compat.variables(idata))
-    row = idata.attrs.get("row_dim", OBS_DIM)
+    row = idata["posterior"].attrs.get("row_dim", OBS_DIM)
     local = any(row in arviz_compat.variables(idata)[name] for name in latents)
     coords = {row: arviz_compat.coordinate(idata, "posterior", row)[:2].tolist()} if local else {}
     posterior = arviz_compat.plot_posterior(idata, latents, coords)
