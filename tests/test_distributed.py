@@ -120,3 +120,53 @@ def test_a_batch_that_does_not_split_is_refused(inputs, tmp_path):
     done = _torchrun(_args(inputs, tmp_path / "odd", "--nproc", "3"))
     assert done.returncode == 2
     assert "does not split evenly over 3 processes" in done.stderr
+
+
+KEYWORD_PAIR = textwrap.dedent(
+    """
+    import pyro
+    import pyro.distributions as dist
+    import torch
+
+    from ppl_vae import ModelGuidePair
+
+
+    def make_pair(x_dim):
+        weights = torch.nn.Linear(x_dim, 1)
+
+        def model(x, y):
+            pyro.module("weights", weights)
+            b = pyro.sample("b", dist.Normal(0.0, 1.0))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("obs", dist.Normal(weights(x).squeeze(-1) + b, 1.0), obs=y)
+
+        def guide(x, y):
+            pyro.sample("b", dist.Delta(pyro.param("b_loc", torch.tensor(0.5))))
+
+        return ModelGuidePair(model, guide, name="keyword", modules=(weights,))
+    """
+)
+
+
+@pytest.mark.slow
+def test_two_processes_shard_keyword_data_like_one_process(tmp_path):
+    """A .npz of arrays x and y, passed as model(x=..., y=...), minibatched with one index."""
+    (tmp_path / "pair.py").write_text(KEYWORD_PAIR)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    np.savez(tmp_path / "xy.npz", x=x, y=(x @ [1.0, -1.0, 0.5] + 2.0).astype(np.float32))
+
+    def args(out, *extra):
+        return ["train", "--model", str(tmp_path / "pair.py"), "--data", str(tmp_path / "xy.npz"),
+                "--estimator", "sampled", "--steps", "12", "--batch-size", "16", "--lr", "0.05",
+                "--seed", "3", "--no-progress", "--out", str(out), *extra]
+
+    assert main(args(tmp_path / "one")) == 0
+    done = _torchrun(args(tmp_path / "two", "--nproc", "2"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = read_params(tmp_path / "one" / "params.pt")["params"]
+    two = read_params(tmp_path / "two" / "params.pt")["params"]
+    assert sorted(one) == sorted(two) and "b_loc" in one
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-5)
+    assert float(one["b_loc"]) != 0.5  # trained

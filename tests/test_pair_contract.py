@@ -260,3 +260,38 @@ def test_diagnose_a_global_only_model_whose_observed_site_is_obs(tmp_path):
     assert idata["posterior"].attrs["row_dim"] == "obs_row"
     assert set(idata["log_likelihood"].data_vars) == {"obs"}
     assert idata["posterior"]["latent_fairness"].shape == (1, 50)
+
+
+def test_resume_with_tuple_data_is_exact_and_refuses_other_data(tmp_path):
+    x, y = regression_data(n=48)
+    model = regression()
+
+    def run(steps, **options):
+        pyro.clear_param_store()
+        guide = AutoNormal(model)
+        result = ppl_vae.fit(model, guide, (x, y), num_steps=steps, batch_size=16, seed=2,
+                             **options)
+        return result.params
+
+    whole = run(30)
+    run(12, checkpoint_dir=tmp_path / "ck", checkpoint_every=4)
+    resumed = run(30, checkpoint_dir=tmp_path / "ck", resume=True)
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    with pytest.raises(ppl_vae.CheckpointError, match="data"):
+        pyro.clear_param_store()
+        ppl_vae.fit(model, AutoNormal(model), (x, y + 1), num_steps=40, batch_size=16, seed=2,
+                    checkpoint_dir=tmp_path / "ck", resume=True)
+
+
+def test_reference_posterior_takes_tuple_data_and_matches_the_exact_posterior():
+    """NUTS on w given (x, y) with the known-noise regression: the exact Gaussian posterior."""
+    x, y = regression_data(n=30)
+    model = regression()
+    idata = ppl_vae.reference_posterior(model, (x, y), num_samples=400, warmup_steps=200,
+                                        seed=0)
+    draws = idata["posterior"]["w"].values.reshape(-1, 2)
+    precision = x.T @ x / 0.25 + torch.eye(2) / 4.0
+    mean = torch.linalg.solve(precision, x.T @ y / 0.25)
+    sd = torch.linalg.inv(precision).diagonal().sqrt()
+    assert np.allclose(draws.mean(0), mean.numpy(), atol=4 * float(sd.max()) / 10)
+    assert np.allclose(draws.std(0), sd.numpy(), rtol=0.25)
