@@ -6,8 +6,7 @@ The identity everything rests on (see docs/derivation.md)::
     log p(x) - KL(q(z|x) || p(z|x)) = E_q[log p(x|z)] - KL(q(z|x) || p(z))   (the ELBO)
 """
 
-from . import nets, optim
-from .checkpoint import read_checkpoint
+from . import arviz_compat, nets, optim
 from .comparison import Comparison, ComparisonSettings, compare_estimators
 from .data import load_data, train_test_split
 from .diagnostics import vi_diagnostics
@@ -26,13 +25,15 @@ from .inference_data import to_inference_data
 from .kl import KLFallbackWarning
 from .pair import ModelGuidePair, load_pair
 from .params import load_params, save_params
-from .reference import compare_posteriors, plot_comparison, reference_posterior
+from .particles import ParticleLoopWarning
+from .reference import compare_posteriors, reference_posterior
 from .training import FitResult, StepInfo, fit
 from .variance import gradient_variance
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "arviz_compat",
     "CheckpointError",
     "compare_estimators",
     "compare_posteriors",
@@ -58,9 +59,8 @@ __all__ = [
     "optim",
     "OutputError",
     "PairError",
-    "plot_comparison",
+    "ParticleLoopWarning",
     "PplVaeError",
-    "read_checkpoint",
     "reference_posterior",
     "save_params",
     "StepInfo",

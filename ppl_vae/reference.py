@@ -161,16 +161,3 @@ def compare_posteriors(
     table["z_score"] = (table[f"mean_{a}"] - table[f"mean_{b}"]) / table[f"sd_{b}"]
     table["sd_ratio"] = table[f"sd_{a}"] / table[f"sd_{b}"]
     return table
-
-
-def plot_comparison(
-    approx: arviz_compat.InferenceData,
-    reference: arviz_compat.InferenceData,
-    var_names: Sequence[str],
-    coords: Mapping[str, Sequence] | None = None,
-    *,
-    labels: tuple[str, str] = ("VI", "NUTS"),
-) -> np.ndarray:
-    """Marginal densities of both posteriors overlaid (``az.plot_density``; under arviz ≥ 1.0
-    ``arviz_plots.plot_dist``); the axes."""
-    return arviz_compat.plot_density([approx, reference], labels, var_names, coords or {})

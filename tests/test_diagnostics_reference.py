@@ -74,7 +74,7 @@ def test_vi_and_nuts_side_by_side(ppca):
     assert (table["z_score"].abs() < 0.35).all()
     ratio = table["sd_ratio"].to_numpy().reshape(3, K)
     assert np.all(np.abs(ratio / expected_ratio - 1) < 0.2)
-    axes = ppl_vae.plot_comparison(vi, ref, ["z"], {"obs": [0]})
+    axes = ppl_vae.arviz_compat.plot_density([vi, ref], ("VI", "NUTS"), ["z"], {"obs": [0]})
     assert axes.size == K
     native_forest({"VI": vi, "NUTS": ref}, var_names=["z"], coords={"obs": [0]})
 
