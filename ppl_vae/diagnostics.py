@@ -67,16 +67,9 @@ def vi_diagnostics(
     verdict is about them (``attrs["global_sites"]`` lists the sites).
     """
     check_positive(num_samples=num_samples)
-    weights = log_weights(
-        model,
-        guide,
-        data,
-        num_samples,
-        batch_size=batch_size,
-        particle_batch=particle_batch,
-        seed=seed,
-        model_kwargs=model_kwargs,
-    )
+    how = dict(batch_size=batch_size, particle_batch=particle_batch, seed=seed,
+               model_kwargs=model_kwargs)
+    weights = log_weights(model, guide, data, num_samples, how)
     log_w = weights.local.double().cpu().numpy().T  # (N, S)
     smoothed, khat = arviz_compat.psislw(log_w)
     constant = np.ptp(log_w, axis=1) < CONSTANT_SPREAD

@@ -179,24 +179,18 @@ class LogWeights:
     global_sites: list[str]
 
 
-def log_weights(
-    model: Callable,
-    guide: Callable,
-    data,
-    num_samples: int = 1000,
-    *,
-    batch_size: int = 256,
-    particle_batch: int = 100,
-    seed: int | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
-) -> LogWeights:
-    """:class:`LogWeights` of ``num_samples`` particles, ``particle_batch`` at a time, each
-    chunk of particles drawing its globals once for every row."""
+def log_weights(model: Callable, guide: Callable, data, num_samples: int, how: Mapping
+                ) -> LogWeights:
+    """:class:`LogWeights` of ``num_samples`` particles, ``how["particle_batch"]`` at a time,
+    each chunk of particles drawing its globals once for every row; ``how`` holds
+    ``batch_size``, ``particle_batch``, ``seed`` and ``model_kwargs`` as
+    :func:`log_likelihood` takes them."""
     local, joint = [], []
-    with seeded(seed):
-        prepared = prepare(model, guide, data, batch_size, model_kwargs)
-        for start in range(0, num_samples, particle_batch):
-            k = min(particle_batch, num_samples - start)
+    batch_size, chunk = how["batch_size"], how["particle_batch"]
+    with seeded(how["seed"]):
+        prepared = prepare(model, guide, data, batch_size, how["model_kwargs"])
+        for start in range(0, num_samples, chunk):
+            k = min(chunk, num_samples - start)
             terms = draw_terms(model, guide, prepared, k, batch_size)
             local.append(terms.log_weights())
             joint.append(terms.joint_log_weight())
@@ -220,10 +214,9 @@ def importance_log_weights(
     (:func:`log_likelihood`) and the Pareto k̂ diagnostic. With global latents θ they are the
     local part given θ_k ~ q(θ); the whole data set's weights are :func:`log_weights`' ``joint``.
     """
-    return log_weights(
-        model, guide, data, num_samples, batch_size=batch_size,
-        particle_batch=particle_batch, seed=seed, model_kwargs=model_kwargs,
-    ).local
+    how = dict(batch_size=batch_size, particle_batch=particle_batch, seed=seed,
+               model_kwargs=model_kwargs)
+    return log_weights(model, guide, data, num_samples, how).local
 
 
 def log_likelihood(
@@ -246,10 +239,9 @@ def log_likelihood(
     log (1/K) Σ_k p(x_n, z_k | θ_k)/q(z_k | x_n, θ_k): the pointwise predictive density under
     q(θ), not a bound (``attrs["per_row"]`` says which).
     """
-    weights = log_weights(
-        model, guide, data, num_samples, batch_size=batch_size,
-        particle_batch=particle_batch, seed=seed, model_kwargs=model_kwargs,
-    )
+    how = dict(batch_size=batch_size, particle_batch=particle_batch, seed=seed,
+               model_kwargs=model_kwargs)
+    weights = log_weights(model, guide, data, num_samples, how)
     values = torch.logsumexp(weights.local, dim=0) - math.log(num_samples)
     series = pd.Series(values.double().cpu().numpy(), name="log_likelihood")
     series.index.name = "datapoint"

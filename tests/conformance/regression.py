@@ -80,13 +80,7 @@ def model(x, y=None, sigma=NOISE_SD):
 
 def latent_noise_model(x, y=None):
     """The tutorial's model: ``sigma ~ Uniform(0, 10)``."""
-    sigma = pyro.sample("sigma", dist.Uniform(0.0, 10.0))
-    w = pyro.sample("w", dist.Normal(0.0, WEIGHT_SD).expand([x.shape[-1]]).to_event(1))
-    b = pyro.sample("b", dist.Normal(0.0, BIAS_SD))
-    mean = (x * w).sum(-1) + b
-    with pyro.plate("data", x.shape[0]):
-        pyro.sample("obs", dist.Normal(mean, sigma), obs=y)
-    return mean
+    return model(x, y, sigma=pyro.sample("sigma", dist.Uniform(0.0, 10.0)))
 
 
 def make_autoguide(name: str, fn=model):
