@@ -98,34 +98,8 @@ def run(args: argparse.Namespace) -> int:
         result.history.to_csv(staging / "history.csv", index=False)
         result.sites.to_csv(staging / "sites.csv", index=False)
         save_params(staging / "params.pt")
-        write_json(
-            staging / "summary.json",
-            {
-                "command": command_line(args),
-                "model": args.model,
-                "pair": inputs.pair.name,
-                "data": args.data,
-                "test_data": args.test_data,
-                "binarize": bool(args.binarize or (inputs.pair.binary and args.data == "digits")),
-                "x_dim": data_width(inputs.train),
-                "estimator": args.estimator,
-                "steps": result.num_steps,
-                "seed": args.seed,
-                "batch_size": result.batch_size,
-                "lr": args.lr,
-                "particles": args.particles,
-                "kl_warmup": args.kl_warmup,
-                "clip_norm": args.clip_norm,
-                "checkpoint_dir": args.checkpoint_dir,
-                "nproc": group.size,
-                "jit": args.jit,
-                "validate_every_step": args.validate_every_step,
-                "seconds": seconds,
-                "metrics": metrics,
-                "sites": result.sites.to_dict(orient="records"),
-                "versions": versions(),
-            },
-        )
+        summary = _summary(args, inputs, result, metrics, seconds, group)
+        write_json(staging / "summary.json", summary)
     _print_summary(inputs.description, args, result, metrics, seconds)
     leave()
     if failure is not None:
@@ -133,6 +107,35 @@ def run(args: argparse.Namespace) -> int:
               f"failed ({failure})", file=sys.stderr)
         return 2
     return 0
+
+
+def _summary(args, inputs, result, metrics, seconds, group) -> dict:
+    """What summary.json records of a run: its command, inputs, settings and results."""
+    return {
+        "command": command_line(args),
+        "model": args.model,
+        "pair": inputs.pair.name,
+        "data": args.data,
+        "test_data": args.test_data,
+        "binarize": bool(args.binarize or (inputs.pair.binary and args.data == "digits")),
+        "x_dim": data_width(inputs.train),
+        "estimator": args.estimator,
+        "steps": result.num_steps,
+        "seed": args.seed,
+        "batch_size": result.batch_size,
+        "lr": args.lr,
+        "particles": args.particles,
+        "kl_warmup": args.kl_warmup,
+        "clip_norm": args.clip_norm,
+        "checkpoint_dir": args.checkpoint_dir,
+        "nproc": group.size,
+        "jit": args.jit,
+        "validate_every_step": args.validate_every_step,
+        "seconds": seconds,
+        "metrics": metrics,
+        "sites": result.sites.to_dict(orient="records"),
+        "versions": versions(),
+    }
 
 
 def _held_out(model, guide, test, seed: int) -> dict[str, float]:
