@@ -36,7 +36,7 @@ from .optim import ForeachAdam
 from .plates import scale_data_plate
 from .rng import forked
 from .svi import MinibatchOrder, StepInfo, Trainer, TrainingState, history
-from .traces import PairTraces, is_guide_sample, is_observed, run_pair
+from .traces import PairTraces, is_guide_sample, is_observed, run_pair, trace_pair, with_particles
 from .warmup import LatentScale, anneal
 
 DEFAULT_BATCH_SIZE = 128
@@ -169,6 +169,9 @@ def fit(
     layout, sites, model, guide, beta = _prepare(
         model, guide, dataset, record, batch_size, device, group, seed, strict, kl_warmup
     )
+    if num_particles > 1:
+        _check_broadcasting(model, guide, dataset.head(batch_size // group.size).to(device),
+                            layout, num_particles)
     elbo = record.make(num_particles, layout.max_plate_nesting, jit=jit)
     if jit:
         _compile(elbo, model, guide, dataset.head(batch_size // group.size), device)
@@ -289,6 +292,23 @@ def _probe(model, guide, dataset: Dataset, batch_size: int, device: torch.device
                           value.device)
     param_io.to_device(device)
     return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
+
+
+def _check_broadcasting(model, guide, x: Batch, layout: PairTraces, num_particles: int) -> None:
+    """Refuse ``num_particles`` > 1 for a pair whose networks do not broadcast over Pyro's
+    vectorized particle dim, before a step fails inside torch."""
+    k, mpn = num_particles, layout.max_plate_nesting
+    with forked(), torch.no_grad():
+        try:
+            trace_pair(with_particles(model, k, mpn), with_particles(guide, k, mpn), x)
+        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise PairError(
+                f"num_particles={k} draws the particles vectorized, but the pair does not "
+                f"broadcast over a leading particle dim ({type(e).__name__}: {first}); train "
+                "with num_particles=1 (evaluation still loops over particles), or make its "
+                "networks broadcast (e.g. torch.cat on dim -1 of tensors with equal leading dims)"
+            ) from e
 
 
 def _check_autoguide(guide, layout: PairTraces, batch_size: int, rows: int) -> None:

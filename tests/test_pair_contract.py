@@ -295,3 +295,14 @@ def test_reference_posterior_takes_tuple_data_and_matches_the_exact_posterior():
     sd = torch.linalg.inv(precision).diagonal().sqrt()
     assert np.allclose(draws.mean(0), mean.numpy(), atol=4 * float(sd.max()) / 10)
     assert np.allclose(draws.std(0), sd.numpy(), rtol=0.25)
+
+
+def test_several_particles_on_a_pair_that_does_not_broadcast_is_refused_up_front():
+    from tests.conformance import ss_vae_m2
+
+    pair = ss_vae_m2.pair(sized_plate=True)
+    with pytest.raises(ppl_vae.PairError, match=r"num_particles=3 .* does not broadcast"):
+        ppl_vae.fit(pair.model, pair.guide, pair.data, num_particles=3, num_steps=2)
+    with pytest.warns(ppl_vae.ParticleLoopWarning):
+        ppl_vae.fit(pair.model, pair.guide, pair.data, num_steps=2, batch_size=20)
+        ppl_vae.evaluate(pair.model, pair.guide, pair.data, num_particles=3)
