@@ -44,6 +44,13 @@ class CheckpointError(PplVaeError):
     """A parameter or checkpoint file is missing, corrupt, truncated or does not match."""
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first message line (its type's name when it has no message), for the
+    one-line errors that wrap it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def check_positive(**values: int) -> None:
     """Refuse each ``name=value`` that is not a positive integer, naming it."""
     for name, value in values.items():

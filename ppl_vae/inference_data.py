@@ -36,6 +36,7 @@ from .particles import ParticleSampler
 from .rng import seeded
 from .runs import versions
 from .traces import (
+    PAIR_FAILURES,
     PairTraces,
     is_latent,
     is_observed,
@@ -45,7 +46,6 @@ from .traces import (
 from .training import FitResult
 
 OBS_DIM = "obs"
-_PAIR_FAILURES = (RuntimeError, ValueError, TypeError, IndexError, AssertionError)
 
 
 def to_inference_data(
@@ -191,7 +191,7 @@ def _replicate(
     try:
         nodes = draw(with_particles(model, k, layout.max_plate_nesting), latents)
         return {n: nodes[n]["value"].reshape(k, *s["value"].shape) for n, s in observed.items()}
-    except _PAIR_FAILURES:
+    except PAIR_FAILURES:
         draws = [draw(model, {n: v[i] for n, v in latents.items()}) for i in range(k)]
         return {n: torch.stack([d[n]["value"] for d in draws]) for n in observed}
 

@@ -25,7 +25,7 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions import biject_to
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .files import atomic_write
 
 FORMAT = "ppl_vae.params/1"
@@ -130,10 +130,9 @@ def read_tensors(path: str | Path, fmt: str, what: str) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{str(path)!r} is corrupt, truncated or not a ppl_vae file, and was not loaded "
-            f"({first}); use an intact copy"
+            f"({first_line(e)}); use an intact copy"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{str(path)!r} is not a {fmt} file; give a ppl_vae {what}")

@@ -28,9 +28,10 @@ import torch
 from pyro.poutine.trace_struct import Trace
 
 from .dataset import Batch, Dataset
-from .errors import PairError
+from .errors import PairError, first_line
 from .kl import closed_form_kl
 from .traces import (
+    PAIR_FAILURES,
     BroadcastError,
     PairTraces,
     as_batch,
@@ -42,8 +43,6 @@ from .traces import (
     trace_pair,
     with_particles,
 )
-
-_PAIR_FAILURES = (RuntimeError, ValueError, TypeError, IndexError, AssertionError, KeyError)
 
 
 class ParticleLoopWarning(UserWarning):
@@ -202,12 +201,12 @@ class ParticleSampler:
                 result = self._vectorized(batch)
                 self.vectorized = True
                 return result
-            except _PAIR_FAILURES as e:
+            except PAIR_FAILURES as e:
                 if isinstance(e, PairError) and not isinstance(e, BroadcastError):
                     raise
                 warnings.warn(
                     f"the pair does not broadcast over a vectorized particle dim "
-                    f"({type(e).__name__}: {_first_line(e)}); drawing the {self.num_particles} "
+                    f"({type(e).__name__}: {first_line(e)}); drawing the {self.num_particles} "
                     "particles one at a time instead (same numbers, slower)",
                     ParticleLoopWarning,
                     stacklevel=3,
@@ -234,10 +233,10 @@ class ParticleSampler:
             replay = None if self.replay is None or len(self.replay) <= i else self.replay[i]
             try:
                 traces = trace_pair(self.model, self.guide, batch, replay)
-            except _PAIR_FAILURES as e:
+            except PAIR_FAILURES as e:
                 raise PairError(
                     f"running the pair on a batch of shape {batch.describe()} failed "
-                    f"({type(e).__name__}: {_first_line(e)})"
+                    f"({type(e).__name__}: {first_line(e)})"
                 ) from e
             if replay is None:
                 self.replay = (self.replay or []) + [self._globals(traces[1])]
@@ -325,8 +324,3 @@ def dataset_terms(
         {},
         cat_dicts([p.observed for p in parts]),
     )
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -25,7 +25,7 @@ from pyro import poutine
 from . import distributed
 from .checkpoint import Checkpointer
 from .dataset import Batch, Dataset
-from .errors import NumericalError, PairError, PplVaeError
+from .errors import NumericalError, PairError, PplVaeError, first_line
 from .rng import forked
 from .traces import is_latent, is_observed, run_pair
 from .warmup import LatentScale, kl_weight
@@ -147,8 +147,7 @@ class Trainer:
         )
         problem = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'}"
         if isinstance(invalid, ValueError):
-            first = str(invalid).strip().splitlines()[0]
-            problem = f"a distribution's parameter is invalid ({first})"
+            problem = f"a distribution's parameter is invalid ({first_line(invalid)})"
         kept = f"; {self.saver.kept()}" if self.saver else ""
         return NumericalError(
             f"training stopped at step {step}: {problem} ({where}); the parameters keep "

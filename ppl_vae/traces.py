@@ -17,9 +17,11 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
 from .dataset import Batch
-from .errors import PairError
+from .errors import PairError, first_line
 
 PARTICLE_PLATE = "ppl_vae_particles"
+# what a user's model or guide raises when it does not fit the data or the particle plate
+PAIR_FAILURES = (RuntimeError, ValueError, TypeError, IndexError, AssertionError, KeyError)
 
 
 def is_latent(site: dict) -> bool:
@@ -111,15 +113,14 @@ def run_pair(model: Callable, guide: Callable, batch: Batch | torch.Tensor) -> P
     batch = as_batch(batch)
     try:
         model_trace, guide_trace = trace_pair(model, guide, batch)
-    except (RuntimeError, ValueError, TypeError, IndexError, AssertionError, KeyError) as e:
+    except PAIR_FAILURES as e:
         if isinstance(e, PairError):
             raise
         check_dtypes(batch, [v for _, v in pyro.get_param_store().items()])
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PairError(
             f"running the model and guide on a minibatch of shape {batch.describe()} failed "
-            f"({type(e).__name__}: {first}); check that the data's width and values are what "
-            "the pair was built for"
+            f"({type(e).__name__}: {first_line(e)}); check that the data's width and values are "
+            "what the pair was built for"
         ) from e
     check_sites(model_trace, guide_trace)
     check_dtypes(batch, [s["value"] for t in (model_trace, guide_trace)

@@ -29,14 +29,22 @@ from . import params as param_io
 from .checkpoint import Checkpointer, fingerprint
 from .data import check_support
 from .dataset import Batch, Dataset, as_dataset
-from .errors import PairError, PplVaeError, check_positive
+from .errors import PairError, PplVaeError, check_positive, first_line
 from .estimators import get
 from .kl import check_fallback, check_reparameterized, kl_sites
 from .optim import ForeachAdam
 from .plates import scale_data_plate
 from .rng import forked
 from .svi import MinibatchOrder, StepInfo, Trainer, TrainingState, history
-from .traces import PairTraces, is_guide_sample, is_observed, run_pair, trace_pair, with_particles
+from .traces import (
+    PAIR_FAILURES,
+    PairTraces,
+    is_guide_sample,
+    is_observed,
+    run_pair,
+    trace_pair,
+    with_particles,
+)
 from .warmup import LatentScale, anneal
 
 DEFAULT_BATCH_SIZE = 128
@@ -301,12 +309,11 @@ def _check_broadcasting(model, guide, x: Batch, layout: PairTraces, num_particle
     with forked(), torch.no_grad():
         try:
             trace_pair(with_particles(model, k, mpn), with_particles(guide, k, mpn), x)
-        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        except PAIR_FAILURES as e:
             raise PairError(
                 f"num_particles={k} draws the particles vectorized, but the pair does not "
-                f"broadcast over a leading particle dim ({type(e).__name__}: {first}); train "
-                "with num_particles=1 (evaluation still loops over particles), or make its "
+                f"broadcast over a leading particle dim ({type(e).__name__}: {first_line(e)}); "
+                "train with num_particles=1 (evaluation still loops over particles), or make its "
                 "networks broadcast (e.g. torch.cat on dim -1 of tensors with equal leading dims)"
             ) from e
 

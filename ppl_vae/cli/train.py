@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..distributed import init_from_env, launch, leave
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 from ..evaluation import evaluate, log_likelihood
 from ..params import save_params
 from ..runs import run_directory, versions, write_json
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 metrics |= _held_out(model, guide, inputs.test, args.seed)
             except Exception as e:  # the trained parameters are written all the same
-                failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+                failure = f"{type(e).__name__}: {first_line(e)}"
                 metrics["evaluation_error"] = failure
         result.history.to_csv(staging / "history.csv", index=False)
         result.sites.to_csv(staging / "sites.csv", index=False)
