@@ -158,7 +158,7 @@ def check_subsampling(model_trace: Trace) -> None:
         size, subsample = site["fn"].size, int(site["value"].numel())
         if subsample < size:
             raise PairError(
-                f"the model subsamples its data plate {name!r} ({subsample} of {size} rows); "
+                f"the model subsamples its plate {name!r} ({subsample} of {size}); "
                 "ppl_vae draws the minibatches itself and scales them by N/B, so write "
                 f"pyro.plate({name!r}, x.shape[0]) without subsample_size and pass "
                 f"batch_size={subsample} to fit"

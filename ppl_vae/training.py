@@ -174,7 +174,7 @@ def fit(
     pyro.set_rng_seed(seed)
     group = distributed.world()
     distributed.check_batch(batch_size, group)
-    layout, sites, model, guide, beta = _prepare(
+    layout, sites, model, guide, beta, per_datapoint = _prepare(
         model, guide, dataset, record, batch_size, device, group, seed, strict, kl_warmup
     )
     if num_particles > 1:
@@ -194,9 +194,8 @@ def fit(
                         num_particles=num_particles, kl_warmup=kl_warmup, clip_norm=clip_norm,
                         jit=jit)
         saver.restore(fingerprint(layout, dataset, **settings), optim, state, num_steps)
-    scaled = bool(layout.global_sites())  # each step's loss then estimates all N rows' ELBO
-    trainer = Trainer(model, guide, elbo, optim, dataset, group, beta, kl_warmup,
-                      dataset.rows if scaled else batch_size, device, saver)
+    trainer = Trainer(model, guide, elbo, optim, dataset, group, beta, kl_warmup, per_datapoint,
+                      device, saver)
     first, stopped = state.step + 1, False
     with _progress(progress and group.rank == 0, num_steps, state.step, record.name) as bar:
         for step in range(first, num_steps + 1):
@@ -242,15 +241,18 @@ def _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmu
 def _prepare(model, guide, dataset, record, batch_size, device, group, seed, strict, kl_warmup):
     """Probe the pair, label and check its sites, and wrap model and guide for training:
     N/B scaling of the data plate with global latents, data-parallel sharding, KL warm-up.
-    Returns ``(layout, sites, model, guide, beta)``."""
+    Returns ``(layout, sites, model, guide, beta, per_datapoint)``, the last the number of rows
+    whose ELBO one step's loss estimates: the batch, or all N rows when it is scaled."""
     layout = _probe(model, guide, dataset, batch_size // group.size, device)
     sites = kl_sites(layout, record)
     check_reparameterized(sites, record)
     check_fallback(sites, record, strict)
     _check_autoguide(guide, layout, batch_size, dataset.rows)
+    per_datapoint = batch_size
     if layout.global_sites():  # then each step estimates the full-data ELBO
         model = scale_data_plate(model, dataset.rows / batch_size, layout.data_plate)
         guide = scale_data_plate(guide, dataset.rows / batch_size, layout.data_plate)
+        per_datapoint = dataset.rows
     if group.size > 1:  # data-parallel: same start everywhere, independent noise per rank
         distributed.broadcast_params()
         pyro.set_rng_seed(seed + group.rank)
@@ -259,7 +261,7 @@ def _prepare(model, guide, dataset, record, batch_size, device, group, seed, str
     beta = LatentScale()
     if kl_warmup:
         model, guide = anneal(model, beta), anneal(guide, beta)
-    return layout, sites, model, guide, beta
+    return layout, sites, model, guide, beta, per_datapoint
 
 
 @contextlib.contextmanager

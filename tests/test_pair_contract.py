@@ -176,7 +176,7 @@ def test_model_side_subsampling_is_refused_with_the_way_out():
     def guide(x):
         pass
 
-    with pytest.raises(ppl_vae.PairError, match=r"subsamples its data plate 'data' \(10 of 100"):
+    with pytest.raises(ppl_vae.PairError, match=r"subsamples its plate 'data' \(10 of 100"):
         ppl_vae.fit(model, guide, torch.randn(100), num_steps=1)
 
 
