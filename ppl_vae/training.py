@@ -223,8 +223,13 @@ def _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmu
                      clip_norm) -> None:
     """Refuse bad settings before anything runs, each with the fix."""
     check_positive(num_steps=num_steps, batch_size=batch_size, num_particles=num_particles)
-    if not lr > 0:
-        raise PplVaeError(f"lr must be > 0, not {lr}")
+    if not (lr > 0 and math.isfinite(lr)):
+        raise PplVaeError(f"lr must be a finite number > 0, not {lr}")
+    if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
+        raise PplVaeError(
+            f"clip_norm must be a finite number > 0, not {clip_norm} (0 stops training, a "
+            "negative norm turns the steps into gradient ascent); try clip_norm=10.0"
+        )
     if kl_warmup < 0:
         raise PplVaeError(f"kl_warmup must be >= 0 steps, not {kl_warmup}")
     if jit and kl_warmup:

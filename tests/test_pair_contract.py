@@ -306,3 +306,20 @@ def test_several_particles_on_a_pair_that_does_not_broadcast_is_refused_up_front
     with pytest.warns(ppl_vae.ParticleLoopWarning):
         ppl_vae.fit(pair.model, pair.guide, pair.data, num_steps=2, batch_size=20)
         ppl_vae.evaluate(pair.model, pair.guide, pair.data, num_particles=3)
+
+
+@pytest.mark.parametrize("options", [{"clip_norm": 0.0}, {"clip_norm": -1.0},
+                                     {"clip_norm": math.nan}, {"lr": math.inf},
+                                     {"lr": math.nan}])
+def test_settings_that_would_train_silently_wrong_are_refused(options):
+    model = regression()
+    x, y = regression_data(n=20)
+    with pytest.raises(ppl_vae.PplVaeError, match="must be a finite number > 0"):
+        ppl_vae.fit(model, AutoNormal(model), (x, y), num_steps=2, **options)
+
+
+def test_cli_refuses_a_negative_clip_norm_in_one_line(capsys):
+    code = main(["train", "--model", "models/bernoulli_vae.py", "--steps", "2", "--clip-norm",
+                 "-1", "--out", "/nonexistent/never-written", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "gradient ascent" in err[0]
