@@ -100,8 +100,38 @@ def _load_file(spec: str) -> Array:
             frame = pd.read_csv(path)
         except pd.errors.EmptyDataError as e:
             raise DataError(f"CSV file {path_str!r} has no rows or columns") from e
+        _check_csv_layout(frame, path_str)
         return as_tensor(frame).to(torch.get_default_dtype())
     raise DataError(f"unsupported data file {path_str!r}: use .npy, .npz or .csv")
+
+
+def _check_csv_layout(frame: pd.DataFrame, path: str) -> None:
+    """Refuse the two CSV layouts that would train on wrong data without an error: no header
+    row (its first data row would become the column names; pandas' own header of a nameless
+    frame, ``0,1,...,D-1``, is a header) and a saved index column."""
+    names = [str(c) for c in frame.columns]
+    default = names == [str(i) for i in range(len(names))]
+    if names and not default and all(_is_number(n) for n in names):
+        raise DataError(
+            f"CSV file {path!r} has numbers as column names {names[:4]}: its first row looks like "
+            "data, not a header; add a header row (pandas: to_csv(..., index=False) writes one)"
+        )
+    first = frame.iloc[:, 0] if len(names) > 1 else None
+    if first is not None and names[0].startswith("Unnamed") and first.tolist() == list(
+        range(len(frame))
+    ):
+        raise DataError(
+            f"CSV file {path!r} starts with an unnamed column 0, 1, 2, ...: pandas' saved index, "
+            "not a feature; write the file with to_csv(..., index=False) or drop that column"
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_arrays(path: str | Path) -> dict[str, torch.Tensor]:

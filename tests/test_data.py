@@ -93,3 +93,17 @@ def test_split_is_seeded_and_disjoint():
     assert torch.equal(a_test, b_test) and a_test.shape == (25, 1)
     assert not set(a_train.flatten().tolist()) & set(a_test.flatten().tolist())
     assert not torch.equal(train_test_split(x, 0.25, seed=4)[1], a_test)
+
+
+def test_csv_without_header_or_with_a_saved_index_is_refused(tmp_path):
+    x = np.arange(12.0).reshape(4, 3) + 0.5
+    pd.DataFrame(x).to_csv(tmp_path / "noheader.csv", index=False, header=False)
+    with pytest.raises(ppl_vae.DataError, match=r"numbers as column names .* add a header row"):
+        load_data(tmp_path / "noheader.csv")
+    pd.DataFrame(x, columns=list("abc")).to_csv(tmp_path / "index.csv")  # index=True
+    with pytest.raises(ppl_vae.DataError, match=r"unnamed column 0, 1, 2.*index=False"):
+        load_data(tmp_path / "index.csv")
+    pd.DataFrame(x, columns=list("abc")).to_csv(tmp_path / "good.csv", index=False)
+    assert load_data(tmp_path / "good.csv").shape == (4, 3)
+    pd.DataFrame(x).to_csv(tmp_path / "numbered.csv", index=False)  # header 0,1,2: a header
+    assert load_data(tmp_path / "numbered.csv").shape == (4, 3)
