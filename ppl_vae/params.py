@@ -13,6 +13,7 @@ never runs code from the file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import inspect
 import pickle
 import re
@@ -109,8 +110,42 @@ def state() -> dict:
 
 def save_params(path: str | Path) -> None:
     """Write the whole param store to ``path`` atomically, tensors and names only."""
-    payload = state()
-    atomic_write(path, lambda f: torch.save(payload, f))
+    write_tensors(path, state())
+
+
+def write_tensors(path: str | Path, payload: dict) -> None:
+    """``torch.save`` a payload of tensors, numbers and strings atomically, with a SHA-256
+    digest of its content that :func:`read_tensors` verifies (torch does not check the
+    archive's CRCs, so a flipped bit would otherwise load silently)."""
+    signed = dict(payload, digest=content_digest(payload))
+    atomic_write(path, lambda f: torch.save(signed, f))
+
+
+def content_digest(payload) -> str:
+    """SHA-256 of a payload's content: keys, types, dtypes, shapes and bytes, in key order."""
+    digest = hashlib.sha256()
+    _feed(digest, payload)
+    return digest.hexdigest()
+
+
+def _feed(digest, value) -> None:
+    if torch.is_tensor(value):
+        value = value.detach().cpu().contiguous()
+        digest.update(f"tensor {value.dtype} {tuple(value.shape)};".encode())
+        if value.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits as int16
+            value = value.view(torch.int16)
+        digest.update(value.numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key in sorted(value, key=str):
+            digest.update(f"{key!r}:".encode())
+            _feed(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__} {len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
 
 
 def read_params(path: str | Path) -> dict:
@@ -136,6 +171,12 @@ def read_tensors(path: str | Path, fmt: str, what: str) -> dict:
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise CheckpointError(f"{str(path)!r} is not a {fmt} file; give a ppl_vae {what}")
+    stored = payload.pop("digest", None)  # files written before digests have none
+    if stored is not None and stored != content_digest(payload):
+        raise CheckpointError(
+            f"{str(path)!r} does not match its own digest: its content changed after it was "
+            f"written (a damaged disk or copy), and it was not loaded; use an intact copy"
+        )
     return payload
 
 

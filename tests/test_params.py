@@ -53,3 +53,43 @@ def test_corrupt_files_are_refused(tmp_path):
     torch.save({"hello": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ppl_vae.CheckpointError, match="is not a ppl_vae.params/1 file"):
         ppl_vae.load_params(tmp_path / "other.pt")
+
+
+def flip_a_bit_of_the_largest_tensor(path):
+    """Flip one bit inside the stored bytes of the file's largest tensor, in place: the zip's
+    CRC no longer matches, which torch.load does not check."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        info = max((i for i in archive.infolist() if "/data/" in i.filename),
+                   key=lambda i: i.file_size)
+    with open(path, "r+b") as f:
+        f.seek(info.header_offset + 26)
+        name_length, extra_length = struct.unpack("<HH", f.read(4))
+        f.seek(info.header_offset + 30 + name_length + extra_length + info.file_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_a_flipped_bit_in_a_params_file_is_refused_on_load(tmp_path):
+    pyro.param("w", torch.randn(64, 64))
+    path = tmp_path / "params.pt"
+    ppl_vae.save_params(path)
+    ppl_vae.load_params(path)  # intact: loads
+    flip_a_bit_of_the_largest_tensor(path)
+    torch.load(path, weights_only=True)  # torch itself loads the damaged file silently
+    with pytest.raises(ppl_vae.CheckpointError, match="does not match its own digest"):
+        ppl_vae.load_params(path)
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_refused_on_resume(tmp_path, digits):
+    pair = gaussian_vae.make_pair(x_dim=64, z_dim=2, hidden=32)
+    options = dict(num_steps=6, batch_size=32, checkpoint_dir=tmp_path, checkpoint_every=3)
+    ppl_vae.fit(*pair, digits[0][:64], **options)
+    flip_a_bit_of_the_largest_tensor(tmp_path / "checkpoint.pt")
+    pyro.clear_param_store()
+    pair = gaussian_vae.make_pair(x_dim=64, z_dim=2, hidden=32)
+    with pytest.raises(ppl_vae.CheckpointError, match="does not match its own digest"):
+        ppl_vae.fit(*pair, digits[0][:64], **options | {"num_steps": 9}, resume=True)
