@@ -108,10 +108,29 @@ def differences(saved: dict, current: dict) -> list[str]:
             ]
             found.append(f"{key} ({'; '.join(parts)})")
         elif key == "data_digest":
-            found.append("data (same shape, different values)")
+            if saved.get("data_shape") == current.get("data_shape"):
+                found.append("data (same shape, different values)")
+            # else the data_shape entry names the difference
         else:
             found.append(f"{key} ({old!r} in the checkpoint, {new!r} now)")
     return found
+
+
+def _history_rows(rows, step: int, path: Path) -> list[tuple]:
+    """The history rows of a checkpoint at ``step``: one per step 1..step, each five numbers
+    (step, epoch, elbo, beta, time_s); anything else is refused, not resumed from."""
+    good = isinstance(rows, list) and len(rows) == step and all(
+        isinstance(row, (list, tuple)) and len(row) == 5 and row[0] == i
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in row)
+        for i, row in enumerate(rows, 1)
+    )
+    if not good:
+        raise CheckpointError(
+            f"{str(path)!r} has a malformed history (expected {step} rows of step, epoch, elbo, "
+            "beta, time_s numbers), and was not resumed; use an intact checkpoint or start a "
+            "new run in another checkpoint_dir"
+        )
+    return [tuple(row) for row in rows]
 
 
 def rng_state() -> dict:
@@ -208,7 +227,7 @@ class Checkpointer:
         set_rng_state(payload["rng"])
         state.order.set_state(payload)
         state.step = payload["step"]
-        state.rows = [tuple(row) for row in payload["rows"]]
+        state.rows = _history_rows(payload["rows"], payload["step"], self.path)
         state.elapsed = payload["elapsed"]
         self.saved_step = payload["step"]
 

@@ -182,7 +182,12 @@ def select_rows(
 
 
 def _row_index(obs: Sequence[int], num_rows: int) -> torch.Tensor:
-    index = torch.as_tensor(np.asarray(obs, dtype=np.int64).reshape(-1))
+    values = np.asarray(obs).reshape(-1)
+    if values.size and not (np.issubdtype(values.dtype, np.integer) or (
+        np.issubdtype(values.dtype, np.floating) and np.all(np.mod(values, 1) == 0)
+    )):
+        raise DataError(f"obs must be whole row numbers, not {values[:5].tolist()}")
+    index = torch.as_tensor(values.astype(np.int64))
     if index.numel() == 0:
         raise DataError("obs selects no rows; give at least one row number")
     if int(index.min()) < 0 or int(index.max()) >= num_rows:

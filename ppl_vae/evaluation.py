@@ -39,6 +39,7 @@ import torch
 
 from . import params
 from .dataset import Dataset, as_dataset
+from .errors import check_positive
 from .estimators import get
 from .kl import CLOSED_FORM, SAMPLED
 from .particles import ParticleTerms, dataset_terms
@@ -119,6 +120,7 @@ def evaluate(
         ``per_row`` (what a row's numbers mean; see the module doc).
     """
     closed_form = get(estimator).closed_form_kl
+    check_positive(num_particles=num_particles, batch_size=batch_size)
     with seeded(seed):
         prepared = prepare(model, guide, data, batch_size, model_kwargs)
         terms = draw_terms(model, guide, prepared, num_particles, batch_size)
@@ -187,6 +189,7 @@ def log_weights(model: Callable, guide: Callable, data, num_samples: int, how: M
     :func:`log_likelihood` takes them."""
     local, joint = [], []
     batch_size, chunk = how["batch_size"], how["particle_batch"]
+    check_positive(num_samples=num_samples, batch_size=batch_size, particle_batch=chunk)
     with seeded(how["seed"]):
         prepared = prepare(model, guide, data, batch_size, how["model_kwargs"])
         for start in range(0, num_samples, chunk):

@@ -30,7 +30,7 @@ from pyro import poutine
 from . import arviz_compat
 from . import params as param_io
 from .dataset import Batch, select_rows
-from .errors import check_positive
+from .errors import PplVaeError, check_positive
 from .params import restore, snapshot
 from .particles import ParticleSampler
 from .rng import seeded
@@ -80,8 +80,11 @@ def to_inference_data(
         ``arviz.InferenceData`` (an xarray ``DataTree`` under arviz ≥ 1.0) with the groups
         listed in the module docstring.
     """
-    check_positive(num_samples=num_samples)
+    check_positive(num_samples=num_samples, particle_batch=particle_batch)
     fits = [fits] if isinstance(fits, FitResult) else list(fits or [])
+    if not all(isinstance(f, FitResult) for f in fits):
+        raise PplVaeError("fits must be FitResult objects (what ppl_vae.fit returns) or a list "
+                          "of them")
     x, index = select_rows(data, obs, param_io.device(), model_kwargs)
     if fits:
         saved = snapshot()

@@ -323,3 +323,39 @@ def test_cli_refuses_a_negative_clip_norm_in_one_line(capsys):
                  "-1", "--out", "/nonexistent/never-written", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "gradient ascent" in err[0]
+
+
+def test_bad_counts_and_rows_are_refused_through_the_api():
+    model = regression()
+    guide = AutoNormal(model)
+    x, y = regression_data(n=12)
+    ppl_vae.fit(model, guide, (x, y), num_steps=1)
+    for call in (
+        lambda: ppl_vae.evaluate(model, guide, (x, y), num_particles=0),
+        lambda: ppl_vae.evaluate(model, guide, (x, y), batch_size=0),
+        lambda: ppl_vae.log_likelihood(model, guide, (x, y), num_samples=0),
+        lambda: ppl_vae.vi_diagnostics(model, guide, (x, y), num_samples=10, particle_batch=0),
+        lambda: ppl_vae.to_inference_data(model, guide, (x, y), 10, particle_batch=0),
+    ):
+        with pytest.raises(ppl_vae.PplVaeError, match="must be a positive integer"):
+            call()
+    with pytest.raises(ppl_vae.DataError, match="whole row numbers"):
+        ppl_vae.to_inference_data(model, guide, (x, y), 10, obs=[1.5])
+    with pytest.raises(ppl_vae.PplVaeError, match="FitResult"):
+        ppl_vae.to_inference_data(model, guide, (x, y), 10, fits="x")
+
+
+def test_a_checkpoint_with_junk_history_is_refused(tmp_path):
+    from ppl_vae.checkpoint import FILENAME, read_checkpoint
+    from ppl_vae.params import write_tensors
+
+    x, y = regression_data(n=16)
+    model = regression()
+    options = dict(num_steps=4, batch_size=8, checkpoint_dir=tmp_path, checkpoint_every=2)
+    ppl_vae.fit(model, AutoNormal(model), (x, y), **options)
+    payload = read_checkpoint(tmp_path / FILENAME)
+    payload["rows"] = [("junk",)] * payload["step"]
+    write_tensors(tmp_path / FILENAME, payload)
+    pyro.clear_param_store()
+    with pytest.raises(ppl_vae.CheckpointError, match="malformed history"):
+        ppl_vae.fit(model, AutoNormal(model), (x, y), **options | {"num_steps": 6}, resume=True)
