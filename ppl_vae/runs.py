@@ -3,6 +3,10 @@
 A command writes into a fresh temporary sibling of the output directory and renames it into
 place only when everything succeeded. An existing run is refused unless ``overwrite=True``, and
 even then it is replaced only after the new one is complete: a failure never clobbers half of it.
+``overwrite`` replaces only a directory that is a run, which every command marks with its own
+record (:data:`RUN_RECORDS`: ``summary.json`` and ``history.csv`` of ``train``,
+``settings.json`` of a comparison, ``diagnostics.json`` of ``diagnose``), never another
+non-empty directory, and never the working directory or one that holds it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 
 from .errors import OutputError
 from .files import atomic_write_text, umask
+
+RUN_RECORDS = ("summary.json", "history.csv", "settings.json", "diagnostics.json")
 
 
 @contextlib.contextmanager
@@ -50,11 +56,29 @@ def check_output(out: str | Path, overwrite: bool = False) -> None:
         raise OutputError(
             f"output {str(out)!r} exists and is not a directory; choose another --out"
         )
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    if not (out.is_dir() and any(out.iterdir())):
+        return
+    if not is_run(out):
+        raise OutputError(
+            f"output directory {str(out)!r} is not empty and is not a ppl-vae run; choose a new "
+            "or empty --out (--overwrite replaces only an earlier run, never other files)"
+        )
+    if not overwrite:
         raise OutputError(
             f"output directory {str(out)!r} already holds a run; choose another --out or pass "
             "--overwrite to replace it"
         )
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:
+        raise OutputError(
+            f"--out {str(out)!r} is the working directory or holds it, which --overwrite would "
+            "delete; give a directory of its own"
+        )
+
+
+def is_run(directory: Path) -> bool:
+    """Whether ``directory`` is a run: it holds one of :data:`RUN_RECORDS`."""
+    return any((directory / name).is_file() for name in RUN_RECORDS)
 
 
 def write_json(path: str | Path, payload: dict) -> None:

@@ -263,3 +263,27 @@ def test_a_failure_after_training_keeps_the_earlier_run(tmp_path, monkeypatch, e
                  "--out", str(earlier_run), "--overwrite", "--no-progress"])  # fmt: skip
     assert code == 2
     assert _snapshot(earlier_run) == before
+
+
+def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, capsys, monkeypatch):
+    """--out pointing at the data's folder, or at the working directory, is refused even with
+    --overwrite; the files in it are untouched."""
+    folder = tmp_path / "mydata"
+    folder.mkdir()
+    csv = _csv(folder, _rows())
+    (folder / "pair.py").write_text("# the user's pair\n")
+    before = _snapshot(folder)
+    code = main(["train", *_model(LG), *_data(csv), "--steps", "2", "--batch-size", "8",
+                 "--out", str(folder), "--overwrite", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is not a ppl-vae run" in err
+    assert _snapshot(folder) == before
+    run = tmp_path / "run"
+    assert main(["train", *_model(LG), *_data(csv), "--steps", "2", "--batch-size", "8",
+                 "--out", str(run), "--no-progress"]) == 0  # fmt: skip
+    pair = str(Path(LG).resolve())
+    monkeypatch.chdir(run)
+    code = main(["train", *_model(pair), *_data(csv), "--steps", "2", "--batch-size", "8",
+                 "--out", ".", "--overwrite", "--no-progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "is the working directory" in err and (run / "summary.json").is_file()
