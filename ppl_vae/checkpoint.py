@@ -37,6 +37,7 @@ from . import params as param_io
 from .dataset import Dataset
 from .errors import CheckpointError
 from .kl import dist_name
+from .locks import exclusive_directory
 from .traces import PairTraces, is_latent, is_observed
 
 if TYPE_CHECKING:
@@ -199,6 +200,18 @@ class Checkpointer:
                 f"{str(self.path)!r} holds a checkpoint of an earlier run; pass resume=True "
                 "(--resume) to continue it, or choose another checkpoint_dir"
             )
+
+    def locked(self):
+        """Hold ``checkpoint_dir`` for this run: a second run using it at the same time is
+        refused (the OS releases a killed run's lock)."""
+
+        def busy() -> CheckpointError:
+            return CheckpointError(
+                f"another run is using checkpoint_dir {str(self.directory)!r} right now; wait "
+                "for it to finish or choose another checkpoint_dir"
+            )
+
+        return exclusive_directory(self.directory, busy)
 
     def restore(self, fingerprint: dict, optim, state: TrainingState, num_steps: int) -> None:
         """Load the checkpoint into the live run: parameters (in place, so modules registered

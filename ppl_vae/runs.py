@@ -22,30 +22,66 @@ from pathlib import Path
 
 from .errors import OutputError
 from .files import atomic_write_text, umask
+from .locks import exchange, exclusive
 
 RUN_RECORDS = ("summary.json", "history.csv", "settings.json", "diagnostics.json")
 
 
 @contextlib.contextmanager
 def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory that becomes ``out`` when the block succeeds."""
-    out = Path(out)
-    check_output(out, overwrite)
+    """Yield a temporary directory that becomes ``out`` when the block succeeds; ``out`` is
+    locked for the block, so a second run into it at the same time is refused."""
+    check_output(out, overwrite)  # refused before anything is touched; again under the lock
+    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    staging.chmod(0o777 & ~umask())
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        retired = staging.with_suffix(".old")
+
+    def busy() -> OutputError:
+        return OutputError(
+            f"another ppl-vae run is writing {str(out)!r} right now; wait for it to finish or "
+            "choose another --out"
+        )
+
+    with exclusive(out.parent / f".{out.name}.lock", busy):
+        recover(out)
+        check_output(out, overwrite)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        staging.chmod(0o777 & ~umask())
+        try:
+            yield staging
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _swap_in(staging, out)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Put ``staging`` in place of ``out``: an atomic exchange where the OS has one, else two
+    renames whose interruption :func:`recover` repairs on the next start."""
+    if not out.exists():
+        staging.rename(out)
+    elif exchange(staging, out):
+        shutil.rmtree(staging, ignore_errors=True)  # it holds the old run now
+    else:
+        retired = _retired(out)
         out.rename(retired)
         staging.rename(out)
         shutil.rmtree(retired, ignore_errors=True)
+
+
+def _retired(out: Path) -> Path:
+    return out.with_name(f".{out.name}.retired")
+
+
+def recover(out: Path) -> None:
+    """Put back an earlier run that a kill between the two renames of a replacement left
+    retired (no ``out``, the old run beside it); remove one whose replacement is complete."""
+    retired = _retired(out)
+    if not retired.is_dir():
+        return
+    if out.exists():
+        shutil.rmtree(retired, ignore_errors=True)
     else:
-        staging.rename(out)
+        retired.rename(out)
 
 
 def check_output(out: str | Path, overwrite: bool = False) -> None:

@@ -170,42 +170,22 @@ def fit(
     saver = None  # refuses a checkpoint_dir that holds a checkpoint unless resuming
     if checkpoint_dir is not None or resume:
         saver = Checkpointer(checkpoint_dir, checkpoint_every, resume)
-    device = torch.device(device)
-    pyro.set_rng_seed(seed)
-    group = distributed.world()
-    distributed.check_batch(batch_size, group)
-    layout, sites, model, guide, beta, per_datapoint = _prepare(
-        model, guide, dataset, record, batch_size, device, group, seed, strict, kl_warmup
-    )
-    if num_particles > 1:
-        _check_broadcasting(model, guide, dataset.head(batch_size // group.size).to(device),
-                            layout, num_particles)
-    elbo = record.make(num_particles, layout.max_plate_nesting, jit=jit)
-    if jit:
-        _compile(elbo, model, guide, dataset.head(batch_size // group.size), device)
-    if optim is None:
-        optim = ForeachAdam({"lr": lr}, {"clip_norm": clip_norm} if clip_norm is not None else {})
-    state = TrainingState(MinibatchOrder(dataset.rows, batch_size, seed))
-    dataset = dataset.to(device)
-    if saver:  # resume: parameters in place, optimizer, RNGs, the training state
-        if group.size > 1:
-            raise PplVaeError("checkpoints need a single process; drop checkpoint_dir or nproc")
-        settings = dict(estimator=record.name, batch_size=batch_size, seed=seed, lr=lr,
-                        num_particles=num_particles, kl_warmup=kl_warmup, clip_norm=clip_norm,
-                        jit=jit)
-        saver.restore(fingerprint(layout, dataset, **settings), optim, state, num_steps)
-    trainer = Trainer(model, guide, elbo, optim, dataset, group, beta, kl_warmup, per_datapoint,
-                      device, saver)
-    first, stopped = state.step + 1, False
-    with _progress(progress and group.rank == 0, num_steps, state.step, record.name) as bar:
-        for step in range(first, num_steps + 1):
-            info = trainer.update(state, validate_every_step or step == first)
-            bar(info)
-            stopped = callback is not None and bool(callback(info))
-            if saver:
-                saver.save(state, optim, final=stopped or step == num_steps)
-            if stopped:
-                break
+    options = dict(batch_size=batch_size, seed=seed, lr=lr, num_particles=num_particles,
+                   kl_warmup=kl_warmup, clip_norm=clip_norm, jit=jit)
+    with saver.locked() if saver else contextlib.nullcontext():  # one run per checkpoint_dir
+        trainer, state, sites = _setup(model, guide, dataset, record, saver, optim, num_steps,
+                                       torch.device(device), strict, options)
+        first, stopped = state.step + 1, False
+        show = progress and trainer.group.rank == 0
+        with _progress(show, num_steps, state.step, record.name) as bar:
+            for step in range(first, num_steps + 1):
+                info = trainer.update(state, validate_every_step or step == first)
+                bar(info)
+                stopped = callback is not None and bool(callback(info))
+                if saver:
+                    saver.save(state, trainer.optim, final=stopped or step == num_steps)
+                if stopped:
+                    break
     return FitResult(
         history=history(state.rows),
         sites=sites,
@@ -217,6 +197,39 @@ def fit(
         num_particles=num_particles,
         stopped_early=stopped,
     )
+
+
+def _setup(model, guide, dataset, record, saver, optim, num_steps, device, strict, options):
+    """Everything before the first step: seeding, the prepared pair, its ELBO and optimizer,
+    and the training state, restored from the checkpoint when resuming.
+    Returns ``(trainer, state, sites)``."""
+    batch_size, seed, particles = options["batch_size"], options["seed"], options["num_particles"]
+    pyro.set_rng_seed(seed)
+    group = distributed.world()
+    distributed.check_batch(batch_size, group)
+    layout, sites, model, guide, beta, per_datapoint = _prepare(
+        model, guide, dataset, record, batch_size, device, group, seed, strict,
+        options["kl_warmup"],
+    )
+    if particles > 1:
+        _check_broadcasting(model, guide, dataset.head(batch_size // group.size).to(device),
+                            layout, particles)
+    elbo = record.make(particles, layout.max_plate_nesting, jit=options["jit"])
+    if options["jit"]:
+        _compile(elbo, model, guide, dataset.head(batch_size // group.size), device)
+    if optim is None:
+        clip = options["clip_norm"]
+        optim = ForeachAdam({"lr": options["lr"]}, {"clip_norm": clip} if clip is not None else {})
+    state = TrainingState(MinibatchOrder(dataset.rows, batch_size, seed))
+    dataset = dataset.to(device)
+    if saver:  # resume: parameters in place, optimizer, RNGs, the training state
+        if group.size > 1:
+            raise PplVaeError("checkpoints need a single process; drop checkpoint_dir or nproc")
+        where = fingerprint(layout, dataset, estimator=record.name, **options)
+        saver.restore(where, optim, state, num_steps)
+    trainer = Trainer(model, guide, elbo, optim, dataset, group, beta, options["kl_warmup"],
+                      per_datapoint, device, saver)
+    return trainer, state, sites
 
 
 def _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmup, jit, optim,

@@ -287,3 +287,50 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, capsys,
                  "--out", ".", "--overwrite", "--no-progress"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "is the working directory" in err and (run / "summary.json").is_file()
+
+
+def test_a_second_run_into_a_held_out_or_checkpoint_dir_is_refused(tmp_path, capsys):
+    """While one run holds --out (or --checkpoint-dir), another is refused in one line; the
+    lock is the OS's, so it ends with its holder."""
+    from ppl_vae.locks import exclusive, exclusive_directory
+
+    csv = _csv(tmp_path, _rows())
+    args = ["train", *_model(LG), *_data(csv), "--steps", "2", "--batch-size", "8",
+            "--no-progress"]  # fmt: skip
+    out = tmp_path / "run"
+    with exclusive(tmp_path / ".run.lock", RuntimeError):  # another run is writing OUT
+        assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another ppl-vae run is writing" in err and not out.exists()
+    with exclusive_directory(tmp_path / "ck", RuntimeError):
+        assert main([*args, "--out", str(out), "--checkpoint-dir", str(tmp_path / "ck")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another run is using checkpoint_dir" in err
+    assert main([*args, "--out", str(out), "--checkpoint-dir", str(tmp_path / "ck")]) == 0
+
+
+def test_a_run_left_retired_by_a_killed_overwrite_is_put_back(tmp_path, capsys):
+    """A kill between the two renames of a replacement (where the OS has no atomic exchange)
+    leaves no OUT and the old run beside it: the next start puts it back, then refuses."""
+    csv = _csv(tmp_path, _rows())
+    args = ["train", *_model(LG), *_data(csv), "--steps", "2", "--batch-size", "8",
+            "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 0
+    before = _snapshot(tmp_path / "run")
+    (tmp_path / "run").rename(tmp_path / ".run.retired")
+    assert main(args) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert _snapshot(tmp_path / "run") == before and not (tmp_path / ".run.retired").exists()
+
+
+def test_exchange_swaps_two_directories_atomically(tmp_path):
+    from ppl_vae.locks import exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "old").write_text("old run")
+    (tmp_path / "b" / "new").write_text("new run")
+    if not exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("this OS has no renameat2(RENAME_EXCHANGE); runs fall back to two renames")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["new"]
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["old"]
