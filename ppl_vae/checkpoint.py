@@ -35,7 +35,7 @@ import torch
 
 from . import params as param_io
 from .dataset import Dataset
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .kl import dist_name
 from .locks import exclusive_directory
 from .traces import PairTraces, is_latent, is_observed
@@ -235,10 +235,19 @@ class Checkpointer:
                 f"{str(self.path)!r} is at step {payload['step']} but num_steps={num_steps}; "
                 f"give num_steps >= {payload['step']}"
             )
-        param_io.restore(payload["params"]["params"], payload["params"]["constraints"])
-        optim.set_state(payload["optimizer"])
-        set_rng_state(payload["rng"])
-        state.order.set_state(payload)
+        try:
+            param_io.restore(payload["params"]["params"], payload["params"]["constraints"])
+            optim.set_state(payload["optimizer"])
+            set_rng_state(payload["rng"])
+            state.order.set_state(payload)
+        except (TypeError, KeyError, ValueError, AttributeError, RuntimeError) as e:
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(
+                f"{str(self.path)!r} has fields of the wrong type ({type(e).__name__}: "
+                f"{first_line(e)}), and was not resumed; use an intact checkpoint or start a "
+                "new run in another checkpoint_dir"
+            ) from e
         state.step = payload["step"]
         state.rows = _history_rows(payload["rows"], payload["step"], self.path)
         state.elapsed = payload["elapsed"]
@@ -262,7 +271,7 @@ class Checkpointer:
         }
         try:
             param_io.write_tensors(self.path, payload)
-        except OSError as e:
+        except (OSError, RuntimeError) as e:  # torch's zip writer raises RuntimeError
             raise CheckpointError(
                 f"writing the checkpoint of step {step} to {str(self.path)!r} failed ({e}); "
                 f"{self.kept()}; free disk space or choose another checkpoint_dir"

@@ -52,9 +52,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import params as param_io
 from . import report
 from .dataset import as_dataset
-from .errors import OutputError, PplVaeError
+from .errors import OutputError, PplVaeError, check_integers, check_seed
 from .estimators import get
 from .files import atomic_write_text
 from .measure import measure_runs
@@ -189,12 +190,11 @@ class ComparisonSettings:
         least = dict(num_steps=1, batch_size=1, num_draws=2, iwae_particles=2, num_checkpoints=0,
                      num_evals=1, eval_particles=1, final_particles=2, ll_samples=1)
         for name, bound in least.items():
-            value = getattr(self, name)
-            if value is None and name == "batch_size":
-                continue
-            if int(value) != value or value < bound:
-                raise PplVaeError(f"{name} must be an integer >= {bound}, not {value!r}")
-        object.__setattr__(self, "device", str(torch.device(self.device)))
+            if getattr(self, name) is not None or name != "batch_size":
+                check_integers(bound, **{name: getattr(self, name)})
+        for seed in self.seeds:
+            check_seed(seed)
+        object.__setattr__(self, "device", str(param_io.check_device(self.device)))
 
     def checkpoints(self) -> list[int]:
         """Step 0 and ``num_checkpoints`` steps log-spaced from ``num_steps``/100 to the end."""

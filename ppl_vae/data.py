@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 from torch.distributions import constraints
 
-from .errors import DataError
+from .errors import DataError, first_line
 
 Array = torch.Tensor | np.ndarray
 _CHUNK_BYTES = 4 * 2**20
@@ -67,10 +67,31 @@ def load_data(
 
 
 def _load_file(spec: str) -> Array:
+    """:func:`_read_file`, with what the operating system and the parsers raise on a file
+    that cannot be read as data turned into one :class:`DataError` naming it."""
+    try:
+        return _read_file(spec)
+    except PermissionError as e:
+        raise DataError(f"data file {spec!r} cannot be read (permission denied)") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"data file {spec!r} is not UTF-8 text; save the CSV as UTF-8") from e
+    except (pd.errors.ParserError, ValueError, OSError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(
+            f"data file {spec!r} cannot be read as data ({type(e).__name__}: {first_line(e)}); "
+            "give a comma-separated CSV with the same number of fields in every row, or a "
+            ".npy/.npz file of numeric arrays"
+        ) from e
+
+
+def _read_file(spec: str) -> Array:
     path_str, _, key = (
         spec.partition(":") if spec.count(":") == 1 and ".npz:" in spec else (spec, "", "")
     )
     path = Path(path_str)
+    if path.is_dir():
+        raise DataError(f"data file {path_str!r} is a directory; give a .npy, .npz or .csv file")
     if not path.is_file():
         raise DataError(f"data file {path_str!r} does not exist; give 'digits' or a file path")
     if path.stat().st_size == 0:
@@ -154,6 +175,9 @@ def as_tensor(data) -> torch.Tensor:
     default dtype (``torch.get_default_dtype()``), as Pyro's likelihoods need real values.
     """
     if isinstance(data, torch.Tensor):
+        if data.requires_grad:
+            raise DataError("the data tensor requires grad; pass x.detach() (data is not a "
+                            "parameter: gradients flow to the pair's parameters only)")
         if not (data.is_floating_point() or data.dtype in _INT_TORCH):
             raise DataError(f"data tensor has dtype {data.dtype}; give numbers")
         return data if data.is_floating_point() else data.to(torch.get_default_dtype())
@@ -161,6 +185,11 @@ def as_tensor(data) -> torch.Tensor:
         if data.empty:
             raise DataError(f"the DataFrame is empty (shape {data.shape}); give at least one row")
         bad = [str(c) for c in data.columns if not pd.api.types.is_numeric_dtype(data[c])]
+        if bad and len(data.columns) == 1 and ";" in bad[0]:
+            raise DataError(
+                f"the CSV has one column {bad[0][:40]!r} holding ';': it seems to separate its "
+                "fields by ';'; give a comma-separated file"
+            )
         if bad:
             raise DataError(f"column(s) {bad} are not numeric; drop them or encode them as numbers")
         dtypes = {np.dtype(t) for t in data.dtypes}

@@ -8,6 +8,8 @@ exit status 2.
 
 from __future__ import annotations
 
+import numbers
+
 
 class PplVaeError(ValueError):
     """Base class of every user-facing ppl_vae error."""
@@ -51,8 +53,26 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def is_integer(value) -> bool:
+    """A Python or numpy integer (not a bool, not a float that happens to be whole)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_positive(**values: int) -> None:
     """Refuse each ``name=value`` that is not a positive integer, naming it."""
+    check_integers(1, **values)
+
+
+def check_integers(least: int, **values: int) -> None:
+    """Refuse each ``name=value`` that is not an integer >= ``least``, naming it: the one
+    integer check of every count and seed ppl_vae takes."""
     for name, value in values.items():
-        if isinstance(value, bool) or int(value) != value or value < 1:
-            raise PplVaeError(f"{name} must be a positive integer, not {value!r}")
+        if not is_integer(value) or value < least:
+            what = "a positive integer" if least == 1 else f"an integer >= {least}"
+            raise PplVaeError(f"{name} must be {what}, not {value!r}")
+
+
+def check_seed(seed) -> None:
+    """A seed torch, numpy and Python all take: an integer in [0, 2**32)."""
+    if not is_integer(seed) or not 0 <= seed < 2**32:
+        raise PplVaeError(f"seed must be an integer in [0, 2**32), not {seed!r}")

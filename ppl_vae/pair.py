@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PairError
+from .errors import PairError, first_line
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,18 @@ def load_pair(spec: str, **kwargs) -> ModelGuidePair:
     if callable(obj) and not isinstance(obj, ModelGuidePair):
         params = inspect.signature(obj).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-        obj = obj(**{k: v for k, v in kwargs.items() if takes_any or k in params})
+        given = {k: v for k, v in kwargs.items() if takes_any or k in params}
+        needed = [n for n, p in params.items() if p.default is p.empty and n not in given
+                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if needed:
+            raise PairError(
+                f"{spec!r} needs argument(s) {needed} that the command line cannot give (it "
+                f"gives {sorted(kwargs)}); give them defaults"
+            )
+        try:
+            obj = obj(**given)
+        except (Exception, SystemExit) as e:
+            raise PairError(f"{spec!r} raised {type(e).__name__}: {first_line(e)}") from e
     if not isinstance(obj, ModelGuidePair):
         raise PairError(
             f"{spec!r} gave a {type(obj).__name__}, not a ppl_vae.ModelGuidePair; return "
@@ -83,6 +94,8 @@ def load_pair(spec: str, **kwargs) -> ModelGuidePair:
 def _import_target(target: str):
     if target.endswith(".py") or "/" in target or "\\" in target:
         path = Path(target)
+        if path.is_dir():
+            raise PairError(f"model file {target!r} is a directory; give a .py file or module")
         if not path.is_file():
             raise PairError(f"model file {target!r} does not exist; give a .py file or module")
         name = f"ppl_vae_user_pair_{abs(hash(path.resolve()))}"
@@ -92,11 +105,17 @@ def _import_target(target: str):
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
+        argv, sys.argv = sys.argv, [str(path)]  # the file parses its own argv, not ppl-vae's
         try:
             spec.loader.exec_module(module)
-        except Exception as e:  # a user's file failing to import is a user error
+        except (Exception, SystemExit) as e:  # a user's file failing to import is a user error
             del sys.modules[name]
-            raise PairError(f"importing {target!r} failed: {type(e).__name__}: {e}") from e
+            raise PairError(
+                f"importing {target!r} failed: {type(e).__name__}: {first_line(e)}; a pair file "
+                "must define the pair without running a program at import"
+            ) from e
+        finally:
+            sys.argv = argv
         return module
     try:
         return importlib.import_module(target)

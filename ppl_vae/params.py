@@ -26,7 +26,7 @@ import torch
 from pyro.distributions import constraints
 from torch.distributions import biject_to
 
-from .errors import CheckpointError, first_line
+from .errors import CheckpointError, PplVaeError, first_line
 from .files import atomic_write
 
 FORMAT = "ppl_vae.params/1"
@@ -48,6 +48,20 @@ def to_device(device: torch.device) -> None:
     with torch.no_grad():
         for _, value in pyro.get_param_store().named_parameters():
             value.data = value.data.to(device)
+
+
+def check_device(name) -> torch.device:
+    """``name`` as a device this machine has (``"cpu"``, ``"cuda"``, ``"cuda:1"``), or a clear
+    error: an unknown name, or CUDA where no GPU is visible."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise PplVaeError(f"unknown device {name!r} ({first_line(e)}); give 'cpu' or 'cuda'") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PplVaeError(f"device {name!r} asked for, but no CUDA GPU is visible; use 'cpu'")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise PplVaeError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) visible")
+    return device
 
 
 def device() -> torch.device:
@@ -160,11 +174,19 @@ def read_tensors(path: str | Path, fmt: str, what: str) -> dict:
     code on load (a pickle with ``__reduce__``) is refused before anything in it runs.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{what} {str(path)!r} is a directory; give the file in it")
     if not path.is_file():
         raise CheckpointError(f"{what} {str(path)!r} does not exist")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+    except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: never
+        raise CheckpointError(
+            f"{str(path)!r} is corrupt, truncated or not a ppl_vae file, and was not loaded "
+            "(it is not a file of tensors, numbers and strings only; nothing in it ran); use an "
+            "intact copy"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(
             f"{str(path)!r} is corrupt, truncated or not a ppl_vae file, and was not loaded "
             f"({first_line(e)}); use an intact copy"

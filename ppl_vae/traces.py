@@ -117,6 +117,12 @@ def run_pair(model: Callable, guide: Callable, batch: Batch | torch.Tensor) -> P
         if isinstance(e, PairError):
             raise
         check_dtypes(batch, [v for _, v in pyro.get_param_store().items()])
+        if isinstance(e, ValueError) and "Expected parameter" in str(e):  # torch's validation
+            raise PairError(
+                f"a distribution of the pair got an invalid parameter ({first_line(e)}); a NaN "
+                "there comes from a NaN parameter or network output: load good parameters, or "
+                "train again with a lower lr or clip_norm"
+            ) from e
         raise PairError(
             f"running the model and guide on a minibatch of shape {batch.describe()} failed "
             f"({type(e).__name__}: {first_line(e)}); check that the data's width and values are "

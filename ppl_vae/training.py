@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,14 @@ from . import params as param_io
 from .checkpoint import Checkpointer, fingerprint
 from .data import check_support
 from .dataset import Batch, Dataset, as_dataset
-from .errors import PairError, PplVaeError, check_positive, first_line
+from .errors import (
+    PairError,
+    PplVaeError,
+    check_integers,
+    check_positive,
+    check_seed,
+    first_line,
+)
 from .estimators import get
 from .kl import check_fallback, check_reparameterized, kl_sites
 from .optim import ForeachAdam
@@ -166,7 +174,7 @@ def fit(
     if batch_size is None:
         batch_size = min(DEFAULT_BATCH_SIZE, dataset.rows)
     _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmup, jit, optim,
-                     clip_norm)
+                     clip_norm, seed)
     saver = None  # refuses a checkpoint_dir that holds a checkpoint unless resuming
     if checkpoint_dir is not None or resume:
         saver = Checkpointer(checkpoint_dir, checkpoint_every, resume)
@@ -174,7 +182,7 @@ def fit(
                    kl_warmup=kl_warmup, clip_norm=clip_norm, jit=jit)
     with saver.locked() if saver else contextlib.nullcontext():  # one run per checkpoint_dir
         trainer, state, sites = _setup(model, guide, dataset, record, saver, optim, num_steps,
-                                       torch.device(device), strict, options)
+                                       param_io.check_device(device), strict, options)
         first, stopped = state.step + 1, False
         show = progress and trainer.group.rank == 0
         with _progress(show, num_steps, state.step, record.name) as bar:
@@ -233,18 +241,20 @@ def _setup(model, guide, dataset, record, saver, optim, num_steps, device, stric
 
 
 def _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmup, jit, optim,
-                     clip_norm) -> None:
+                     clip_norm, seed) -> None:
     """Refuse bad settings before anything runs, each with the fix."""
     check_positive(num_steps=num_steps, batch_size=batch_size, num_particles=num_particles)
-    if not (lr > 0 and math.isfinite(lr)):
+    check_integers(0, kl_warmup=kl_warmup)
+    check_seed(seed)
+    if not (isinstance(lr, numbers.Real) and lr > 0 and math.isfinite(lr)):
         raise PplVaeError(f"lr must be a finite number > 0, not {lr}")
-    if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
+    if clip_norm is not None and not (
+        isinstance(clip_norm, numbers.Real) and clip_norm > 0 and math.isfinite(clip_norm)
+    ):
         raise PplVaeError(
             f"clip_norm must be a finite number > 0, not {clip_norm} (0 stops training, a "
             "negative norm turns the steps into gradient ascent); try clip_norm=10.0"
         )
-    if kl_warmup < 0:
-        raise PplVaeError(f"kl_warmup must be >= 0 steps, not {kl_warmup}")
     if jit and kl_warmup:
         raise PplVaeError("kl_warmup changes the model every step, so it cannot be compiled; "
                           "drop jit=True or kl_warmup")

@@ -4,7 +4,12 @@ on stderr, status 2, no traceback), and in both nothing written earlier is touch
 
 from __future__ import annotations
 
+import json
 import re
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +25,8 @@ from models import bernoulli_vae, linear_gaussian
 from ppl_vae.checkpoint import FILENAME
 from ppl_vae.cli import main
 from ppl_vae.runs import run_directory
+
+ROOT = Path(__file__).resolve().parent.parent
 
 _GUIDE_MISSES_Z = """
 from models import linear_gaussian
@@ -334,3 +341,180 @@ def test_exchange_swaps_two_directories_atomically(tmp_path):
         pytest.skip("this OS has no renameat2(RENAME_EXCHANGE); runs fall back to two renames")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["new"]
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["old"]
+
+
+def _one_line_error(capsys, argv) -> str:
+    """Run the CLI expecting a user error: status 2, one line, no traceback; the line."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err and "\x1b" not in err, err
+    return err
+
+
+PAIR_EXITS = "import sys\nsys.exit('this file is a script')\n"
+PAIR_ARGV = "import argparse\nargparse.ArgumentParser().parse_args()\n"
+PAIR_RAISES = "def make_pair(x_dim):\n    raise RuntimeError('no GPU here')\n"
+PAIR_NEEDS = "def make_pair(x_dim, hidden):\n    pass\n"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: ["--seed", str(2**32)], r"seed must be an integer in \[0, 2\*\*32\)"),
+    (lambda t: ["--device", "tpu"], "unknown device 'tpu'"),
+    (lambda t: ["--data", str(t)], "is a directory"),
+    (lambda t: ["--data", str(_file(t, "r.csv", "a,b\n1,2\n3,4,5\n"))], "same number of fields"),
+    (lambda t: ["--data", str(_file(t, "l.csv", b"a,b\n\xff\xfe,1\n"))], "not UTF-8"),
+    (lambda t: ["--data", str(_file(t, "s.csv", "a;b;c\n1;2;3\n"))], "separate its fields by ';'"),
+    (lambda t: ["--model", str(_file(t, "p.py", PAIR_EXITS))], "SystemExit: this file is a script"),
+    # the file parses its own argv, not ppl-vae's, so it imports (and defines no pair)
+    (lambda t: ["--model", str(_file(t, "p.py", PAIR_ARGV))], "defines no 'make_pair'"),
+    (lambda t: ["--model", str(_file(t, "p.py", PAIR_RAISES))], "raised RuntimeError: no GPU"),
+    (lambda t: ["--model", str(_file(t, "p.py", PAIR_NEEDS))], r"needs argument\(s\) \['hidden'\]"),
+    (lambda t: ["--clip-norm", "nan"], "clip_norm must be a finite number"),
+], ids=["seed", "device", "dir", "ragged", "utf8", "semicolon", "exit", "argv", "raises", "needs",
+        "clip"])
+def test_more_user_errors_are_one_line(tmp_path, capsys, make, message):
+    argv = ["train", "--model", LG, "--data", str(_csv(tmp_path, _rows())), "--steps", "2",
+            "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "run"), *make(tmp_path)]
+    assert re.search(message, _one_line_error(capsys, argv))
+    assert not (tmp_path / "run").exists()
+
+
+def test_api_refuses_non_integer_counts_strings_and_data_that_requires_grad():
+    model, guide = ppl_vae.load_pair(LG, x_dim=5)
+    x = torch.from_numpy(_rows())
+    for options, message in (({"num_steps": 3.0}, "num_steps must be a positive integer"),
+                             ({"lr": "0.01"}, "lr must be a finite number"),
+                             ({"seed": -1}, "seed must be an integer")):
+        with pytest.raises(ppl_vae.PplVaeError, match=message):
+            ppl_vae.fit(model, guide, x, batch_size=8, **options)
+    with pytest.raises(ppl_vae.DataError, match="requires grad; pass x.detach()"):
+        ppl_vae.fit(model, guide, x.requires_grad_(), num_steps=1, batch_size=8)
+
+
+def test_a_crafted_pickle_is_refused_without_torchs_advice(tmp_path):
+    path = tmp_path / "params.pt"
+    torch.save({"format": "ppl_vae.params/1", "evil": pd.Timestamp(0)}, path)
+    with pytest.raises(ppl_vae.CheckpointError) as raised:
+        ppl_vae.load_params(path)
+    assert "weights_only" not in str(raised.value) and "nothing in it ran" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_one_dimensional_data_trains_and_writes_its_run(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=40).astype(np.float32))
+    (tmp_path / "p.py").write_text(
+        "import pyro, pyro.distributions as dist, torch\nimport ppl_vae\n"
+        "def model(x):\n    m = pyro.param('m', torch.tensor(0.0))\n"
+        "    with pyro.plate('data', x.shape[0]):\n"
+        "        pyro.sample('obs', dist.Normal(m, 1.0), obs=x)\n"
+        "def make_pair():\n    return ppl_vae.ModelGuidePair(model, lambda x: None)\n"
+    )
+    assert main(["train", "--model", str(tmp_path / "p.py"), "--data", str(tmp_path / "x.npy"),
+                 "--steps", "3", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["x_dim"] == 1
+
+
+def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
+    """A real `ppl-vae train` process sent SIGTERM mid-training: exit 143, one line, the
+    checkpoint kept, no output or staging directory left."""
+    csv = _csv(tmp_path, _rows())
+    out, ck = tmp_path / "run", tmp_path / "ck"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ppl_vae", "train", "--model", LG, "--data", str(csv),
+         "--steps", "100000", "--batch-size", "8", "--no-progress", "--out", str(out),
+         "--checkpoint-dir", str(ck), "--checkpoint-every", "5"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (ck / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert err.strip().splitlines() == ["ppl-vae: stopped by SIGTERM"]
+    assert (ck / "checkpoint.pt").is_file() and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run")] == []
+
+
+def _train_process(csv, out, *extra, steps="100000"):
+    return subprocess.Popen(
+        [sys.executable, "-m", "ppl_vae", "train", "--model", LG, "--data", str(csv),
+         "--steps", steps, "--batch-size", "8", "--no-progress", "--out", str(out), *extra],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert path.exists(), f"{path} never appeared"
+
+
+def test_two_real_processes_racing_for_one_out_one_is_refused(tmp_path):
+    csv = _csv(tmp_path, _rows())
+    first = _train_process(csv, tmp_path / "run")
+    _wait_for(tmp_path / ".run.lock")  # the first one holds OUT
+    second = _train_process(csv, tmp_path / "run", steps="2")
+    _, err = second.communicate(timeout=120)
+    first.send_signal(signal.SIGINT)
+    first.communicate(timeout=60)
+    assert second.returncode == 2 and err.count("\n") == 1
+    assert "another ppl-vae run is writing" in err
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_nothing_half_written(
+    tmp_path, capsys
+):
+    """A 1 MiB tmpfs as checkpoint_dir, filled so that a checkpoint does not fit: torch's
+    writer fails (RuntimeError, not OSError); one line, exit 2, no half-written file, no run
+    (skipped where no tmpfs can be mounted)."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ck)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+        np.save(tmp_path / "x.npy", x)
+        args = ["train", "--model", "models/gaussian_vae.py", "--data", str(tmp_path / "x.npy"),
+                "--steps", "6", "--batch-size", "32", "--no-progress", "--out",
+                str(tmp_path / "run"), "--checkpoint-dir", str(ck), "--checkpoint-every", "3"]
+        filler = ck / "filler"
+        filler.write_bytes(b"\0" * (1024 * 1024 - 4096 * 64))  # leave less than a checkpoint
+        err = _one_line_error(capsys, args)
+        assert "writing the checkpoint of step 3" in err and "free disk space" in err
+        assert not (tmp_path / "run").exists()
+        assert [p.name for p in ck.iterdir()] == ["filler"]
+    finally:
+        subprocess.run(["umount", str(ck)], capture_output=True)
+
+
+def test_a_nan_parameter_is_not_blamed_on_the_data_width(tmp_path):
+    model, guide = ppl_vae.load_pair(LG, x_dim=5)
+    x = torch.from_numpy(_rows())
+    ppl_vae.fit(model, guide, x, num_steps=1, batch_size=8)
+    with torch.no_grad():
+        pyro.get_param_store()["b"].unconstrained().fill_(float("nan"))
+    with pytest.raises(ppl_vae.PairError, match="invalid parameter") as raised:
+        ppl_vae.evaluate(model, guide, x)
+    assert "width" not in str(raised.value)
+
+
+def test_a_checkpoint_with_fields_of_the_wrong_type_is_refused(tmp_path):
+    from ppl_vae.checkpoint import read_checkpoint
+    from ppl_vae.params import write_tensors
+
+    model, guide = ppl_vae.load_pair(LG, x_dim=5)
+    x = torch.from_numpy(_rows())
+    options = dict(num_steps=4, batch_size=8, checkpoint_dir=tmp_path, checkpoint_every=2)
+    ppl_vae.fit(model, guide, x, **options)
+    payload = read_checkpoint(tmp_path / FILENAME)
+    payload["rng"] = {"torch": "not a state"}
+    write_tensors(tmp_path / FILENAME, payload)
+    pyro.clear_param_store()
+    model, guide = ppl_vae.load_pair(LG, x_dim=5)
+    with pytest.raises(ppl_vae.CheckpointError, match="fields of the wrong type"):
+        ppl_vae.fit(model, guide, x, **options | {"num_steps": 6}, resume=True)
+    with pytest.raises(ppl_vae.CheckpointError, match="is a directory"):
+        ppl_vae.load_params(tmp_path)

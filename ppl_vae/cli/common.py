@@ -12,7 +12,7 @@ import torch
 
 from ..data import Array, as_tensor, load_arrays, load_data
 from ..dataset import as_dataset
-from ..errors import DataError, OutputError
+from ..errors import DataError, OutputError, check_seed
 from ..estimators import ESTIMATORS
 from ..pair import ModelGuidePair, load_pair
 from ..params import load_params
@@ -131,6 +131,7 @@ def load_inputs(args: argparse.Namespace) -> Inputs:
         test = _in_memory(load_source(args.test_data)) if args.test_data else None
     x_dim = data_width(train)
     pyro.clear_param_store()
+    check_seed(args.seed)
     pyro.set_rng_seed(args.seed)
     pair = load_pair(args.model, x_dim=x_dim)
     if pair.x_dim is not None and pair.x_dim != x_dim:
