@@ -35,7 +35,7 @@ import torch
 
 from . import params as param_io
 from .dataset import Dataset
-from .errors import CheckpointError, first_line
+from .errors import CheckpointError, first_line, is_integer
 from .kl import dist_name
 from .locks import exclusive_directory
 from .traces import PairTraces, is_latent, is_observed
@@ -183,7 +183,7 @@ class Checkpointer:
     def __init__(self, directory: str | Path | None, every: int, resume: bool):
         if directory is None:
             raise CheckpointError("resume=True needs the checkpoint_dir to resume from")
-        if int(every) != every or every < 1:
+        if not is_integer(every) or every < 1:
             raise CheckpointError(f"checkpoint_every must be a positive integer, not {every!r}")
         self.directory = Path(directory)
         if self.directory.exists() and not self.directory.is_dir():

@@ -165,7 +165,10 @@ def load_arrays(path: str | Path) -> dict[str, torch.Tensor]:
         with np.load(path) as archive:
             return {name: as_tensor(np.asarray(archive[name])) for name in archive.files}
     except (ValueError, OSError) as e:
-        raise DataError(f"cannot read {str(path)!r} as a .npz archive ({e})") from e
+        raise DataError(
+            f"cannot read {str(path)!r} as a .npz archive of numeric arrays ({first_line(e)}); "
+            "save it with numpy.savez from arrays of numbers"
+        ) from e
 
 
 def as_tensor(data) -> torch.Tensor:

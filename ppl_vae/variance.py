@@ -51,7 +51,7 @@ from pyro import poutine
 
 from . import params as param_io
 from .dataset import Batch, as_dataset
-from .errors import EstimatorError
+from .errors import EstimatorError, is_integer
 from .estimators import get
 from .particles import ParticleTerms, particle_terms
 from .rng import seeded
@@ -83,7 +83,7 @@ def particles_per_draw(layout: PairTraces, estimators: Sequence[str], iwae_parti
     weighted = [e for e in estimators if get(e).importance_weighted]
     if not weighted:
         return 1
-    if int(iwae_particles) != iwae_particles or iwae_particles < 2:
+    if not is_integer(iwae_particles) or iwae_particles < 2:
         raise EstimatorError(f"iwae_particles must be an integer >= 2, not {iwae_particles!r}")
     outside = [
         name
@@ -258,7 +258,7 @@ def gradient_variance(
         one row per estimator and group: ``variance`` (tr Cov g, unbiased over draws),
         ``snr`` (‖mean g‖ / sqrt(variance)), ``mean_norm`` (‖mean g‖), ``num_params``.
     """
-    if num_draws < 2:
+    if not is_integer(num_draws) or num_draws < 2:
         raise EstimatorError(f"num_draws must be at least 2 for a variance, not {num_draws}")
     draws = gradient_draws(
         model,

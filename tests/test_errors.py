@@ -352,6 +352,11 @@ def _one_line_error(capsys, argv) -> str:
     return err
 
 
+def _object_npz(tmp: Path) -> Path:
+    np.savez(tmp / "o.npz", x=np.array([{"a": 1}, None], dtype=object))
+    return tmp / "o.npz"
+
+
 PAIR_EXITS = "import sys\nsys.exit('this file is a script')\n"
 PAIR_ARGV = "import argparse\nargparse.ArgumentParser().parse_args()\n"
 PAIR_RAISES = "def make_pair(x_dim):\n    raise RuntimeError('no GPU here')\n"
@@ -371,8 +376,9 @@ PAIR_NEEDS = "def make_pair(x_dim, hidden):\n    pass\n"
     (lambda t: ["--model", str(_file(t, "p.py", PAIR_RAISES))], "raised RuntimeError: no GPU"),
     (lambda t: ["--model", str(_file(t, "p.py", PAIR_NEEDS))], r"needs argument\(s\) \['hidden'\]"),
     (lambda t: ["--clip-norm", "nan"], "clip_norm must be a finite number"),
+    (lambda t: ["--data", str(_object_npz(t))], "Object arrays cannot be loaded.*numpy.savez"),
 ], ids=["seed", "device", "dir", "ragged", "utf8", "semicolon", "exit", "argv", "raises", "needs",
-        "clip"])
+        "clip", "object-npz"])
 def test_more_user_errors_are_one_line(tmp_path, capsys, make, message):
     argv = ["train", "--model", LG, "--data", str(_csv(tmp_path, _rows())), "--steps", "2",
             "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "run"), *make(tmp_path)]
@@ -518,3 +524,20 @@ def test_a_checkpoint_with_fields_of_the_wrong_type_is_refused(tmp_path):
         ppl_vae.fit(model, guide, x, **options | {"num_steps": 6}, resume=True)
     with pytest.raises(ppl_vae.CheckpointError, match="is a directory"):
         ppl_vae.load_params(tmp_path)
+
+
+def test_a_read_only_out_is_one_line(tmp_path, capsys):
+    """--out inside a read-only file system (root ignores permission bits, so a read-only
+    tmpfs stands in; skipped where none can be mounted)."""
+    place = tmp_path / "ro"
+    place.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(place)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        argv = ["train", "--model", LG, "--data", str(_csv(tmp_path, _rows())), "--steps", "2",
+                "--batch-size", "8", "--no-progress", "--out", str(place / "run")]
+        assert "Read-only file system" in _one_line_error(capsys, argv)
+    finally:
+        subprocess.run(["umount", str(place)], capture_output=True)
