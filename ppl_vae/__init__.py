@@ -6,29 +6,49 @@ The identity everything rests on (see docs/derivation.md)::
     log p(x) - KL(q(z|x) || p(z|x)) = E_q[log p(x|z)] - KL(q(z|x) || p(z))   (the ELBO)
 """
 
-from . import arviz_compat, nets, optim
-from .comparison import Comparison, ComparisonSettings, compare_estimators
-from .data import load_data, train_test_split
-from .diagnostics import vi_diagnostics
-from .errors import (
-    CheckpointError,
-    DataError,
-    EstimatorError,
-    NumericalError,
-    OutputError,
-    PairError,
-    PplVaeError,
-)
-from .estimators import ESTIMATORS, Estimator
-from .evaluation import evaluate, importance_log_weights, log_likelihood
-from .inference_data import to_inference_data
-from .kl import KLFallbackWarning
-from .pair import ModelGuidePair, load_pair
-from .params import load_params, save_params
-from .particles import ParticleLoopWarning
-from .reference import compare_posteriors, reference_posterior
-from .training import FitResult, StepInfo, fit
-from .variance import gradient_variance
+import importlib
+
+# every public name and the module that defines it; they are imported on first use (PEP 562),
+# so that `ppl-vae` can catch a Ctrl-C while torch and Pyro load
+_HOME = {
+    "arviz_compat": None, "nets": None, "optim": None,
+    "Comparison": "comparison", "ComparisonSettings": "comparison",
+    "compare_estimators": "comparison",
+    "load_data": "data", "train_test_split": "data",
+    "vi_diagnostics": "diagnostics",
+    "CheckpointError": "errors", "DataError": "errors", "EstimatorError": "errors",
+    "NumericalError": "errors", "OutputError": "errors", "PairError": "errors",
+    "PplVaeError": "errors",
+    "ESTIMATORS": "estimators", "Estimator": "estimators",
+    "evaluate": "evaluation", "importance_log_weights": "evaluation",
+    "log_likelihood": "evaluation",
+    "to_inference_data": "inference_data",
+    "KLFallbackWarning": "kl",
+    "ModelGuidePair": "pair", "load_pair": "pair",
+    "load_params": "params", "save_params": "params",
+    "ParticleLoopWarning": "particles",
+    "compare_posteriors": "reference", "reference_posterior": "reference",
+    "FitResult": "training", "StepInfo": "training", "fit": "training",
+    "gradient_variance": "variance",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        module = importlib.import_module(f".{_HOME[name] or name}", __name__)
+        value = module if _HOME[name] is None else getattr(module, name)
+    else:  # a submodule: ppl_vae.traces, ppl_vae.particles, ...
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
+
 
 __version__ = "0.1.0"
 

@@ -377,13 +377,19 @@ PAIR_NEEDS = "def make_pair(x_dim, hidden):\n    pass\n"
     (lambda t: ["--model", str(_file(t, "p.py", PAIR_NEEDS))], r"needs argument\(s\) \['hidden'\]"),
     (lambda t: ["--clip-norm", "nan"], "clip_norm must be a finite number"),
     (lambda t: ["--data", str(_object_npz(t))], "Object arrays cannot be loaded.*numpy.savez"),
+    (lambda t: ["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
+     "no CUDA GPU is visible|GPU\\(s\\) visible"),
 ], ids=["seed", "device", "dir", "ragged", "utf8", "semicolon", "exit", "argv", "raises", "needs",
-        "clip", "object-npz"])
-def test_more_user_errors_are_one_line(tmp_path, capsys, make, message):
+        "clip", "object-npz", "cuda"])
+def test_more_user_errors_are_one_line(tmp_path, capsys, earlier_run, make, message):
+    """Each refused in one line with status 2, and the earlier run given with --overwrite is
+    byte for byte intact."""
+    before = _snapshot(earlier_run)
     argv = ["train", "--model", LG, "--data", str(_csv(tmp_path, _rows())), "--steps", "2",
-            "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "run"), *make(tmp_path)]
+            "--batch-size", "8", "--no-progress", "--out", str(earlier_run), "--overwrite",
+            *make(tmp_path)]
     assert re.search(message, _one_line_error(capsys, argv))
-    assert not (tmp_path / "run").exists()
+    assert _snapshot(earlier_run) == before
 
 
 def test_api_refuses_non_integer_counts_strings_and_data_that_requires_grad():
@@ -421,9 +427,10 @@ def test_one_dimensional_data_trains_and_writes_its_run(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["x_dim"] == 1
 
 
-def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
-    """A real `ppl-vae train` process sent SIGTERM mid-training: exit 143, one line, the
-    checkpoint kept, no output or staging directory left."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
+def test_a_termination_signal_stops_a_run_like_ctrl_c(tmp_path, signum):
+    """A real `ppl-vae train` process sent SIGTERM (SIGHUP) mid-training: exit 143 (129), one
+    line, the checkpoint kept, no output or staging directory left."""
     csv = _csv(tmp_path, _rows())
     out, ck = tmp_path / "run", tmp_path / "ck"
     process = subprocess.Popen(
@@ -434,10 +441,10 @@ def test_sigterm_stops_a_run_like_ctrl_c(tmp_path):
     deadline = time.monotonic() + 60
     while not (ck / "checkpoint.pt").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
-    assert err.strip().splitlines() == ["ppl-vae: stopped by SIGTERM"]
+    assert process.returncode == 128 + signum, err
+    assert err.strip().splitlines() == [f"ppl-vae: stopped by {signal.Signals(signum).name}"]
     assert (ck / "checkpoint.pt").is_file() and not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".run")] == []
 
@@ -541,3 +548,39 @@ def test_a_read_only_out_is_one_line(tmp_path, capsys):
         assert "Read-only file system" in _one_line_error(capsys, argv)
     finally:
         subprocess.run(["umount", str(place)], capture_output=True)
+
+
+def test_the_public_names_are_the_lazily_imported_ones():
+    assert sorted(ppl_vae.__all__, key=str.lower) == sorted(ppl_vae._HOME, key=str.lower)
+    assert all(getattr(ppl_vae, name) is not None for name in ppl_vae.__all__)
+
+
+def test_a_second_ctrl_c_while_the_first_unwinds_prints_one_line(monkeypatch, capsys):
+    import ppl_vae.cli
+
+    def unwinding(argv):
+        try:
+            raise KeyboardInterrupt  # the first Ctrl-C
+        finally:
+            raise KeyboardInterrupt  # a second one while cleaning up
+
+    monkeypatch.setattr(ppl_vae.cli, "_main", unwinding)
+    assert ppl_vae.cli.main(["train"]) == 130
+    assert capsys.readouterr().err == "ppl-vae: interrupted\n"
+
+
+def test_ctrl_c_while_the_command_line_loads_prints_one_line(monkeypatch, capsys):
+    import builtins
+
+    from ppl_vae.__main__ import main as entry
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "cli" or name.endswith(".cli"):
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert entry() == 130
+    assert capsys.readouterr().err == "ppl-vae: interrupted\n"
