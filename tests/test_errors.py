@@ -361,6 +361,7 @@ PAIR_EXITS = "import sys\nsys.exit('this file is a script')\n"
 PAIR_ARGV = "import argparse\nargparse.ArgumentParser().parse_args()\n"
 PAIR_RAISES = "def make_pair(x_dim):\n    raise RuntimeError('no GPU here')\n"
 PAIR_NEEDS = "def make_pair(x_dim, hidden):\n    pass\n"
+PAIR_ANSI = "def make_pair(x_dim):\n    raise ValueError('\\x1b[31mred\\x1b[0m alert')\n"
 
 
 @pytest.mark.parametrize("make, message", [
@@ -375,12 +376,13 @@ PAIR_NEEDS = "def make_pair(x_dim, hidden):\n    pass\n"
     (lambda t: ["--model", str(_file(t, "p.py", PAIR_ARGV))], "defines no 'make_pair'"),
     (lambda t: ["--model", str(_file(t, "p.py", PAIR_RAISES))], "raised RuntimeError: no GPU"),
     (lambda t: ["--model", str(_file(t, "p.py", PAIR_NEEDS))], r"needs argument\(s\) \['hidden'\]"),
+    (lambda t: ["--model", str(_file(t, "p.py", PAIR_ANSI))], "ValueError: red alert"),
     (lambda t: ["--clip-norm", "nan"], "clip_norm must be a finite number"),
     (lambda t: ["--data", str(_object_npz(t))], "Object arrays cannot be loaded.*numpy.savez"),
     (lambda t: ["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "cuda:99"],
      "no CUDA GPU is visible|GPU\\(s\\) visible"),
 ], ids=["seed", "device", "dir", "ragged", "utf8", "semicolon", "exit", "argv", "raises", "needs",
-        "clip", "object-npz", "cuda"])
+        "ansi", "clip", "object-npz", "cuda"])
 def test_more_user_errors_are_one_line(tmp_path, capsys, earlier_run, make, message):
     """Each refused in one line with status 2, and the earlier run given with --overwrite is
     byte for byte intact."""
@@ -463,16 +465,22 @@ def _wait_for(path: Path, seconds: float = 60) -> None:
     assert path.exists(), f"{path} never appeared"
 
 
-def test_two_real_processes_racing_for_one_out_one_is_refused(tmp_path):
+@pytest.mark.parametrize("shared", ["out", "checkpoint-dir"])
+def test_two_real_processes_racing_for_one_location_one_is_refused(tmp_path, shared):
     csv = _csv(tmp_path, _rows())
-    first = _train_process(csv, tmp_path / "run")
-    _wait_for(tmp_path / ".run.lock")  # the first one holds OUT
-    second = _train_process(csv, tmp_path / "run", steps="2")
+    ck = ["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "5"]
+    first = _train_process(csv, tmp_path / "run", *ck)
+    _wait_for(tmp_path / "ck" / FILENAME)  # the first one is training, holding both
+    out = tmp_path / ("run" if shared == "out" else "other")
+    # sharing the checkpoint directory: resuming the run that is still writing it
+    resume = [*ck, "--resume"] if shared == "checkpoint-dir" else []
+    second = _train_process(csv, out, *resume, steps="100000")
     _, err = second.communicate(timeout=120)
     first.send_signal(signal.SIGINT)
     first.communicate(timeout=60)
-    assert second.returncode == 2 and err.count("\n") == 1
-    assert "another ppl-vae run is writing" in err
+    assert second.returncode == 2 and err.count("\n") == 1, err
+    expected = "another ppl-vae run is writing" if shared == "out" else "another run is using"
+    assert expected in err
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_nothing_half_written(
