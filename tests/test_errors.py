@@ -4,6 +4,7 @@ on stderr, status 2, no traceback), and in both nothing written earlier is touch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -483,6 +484,21 @@ def test_two_real_processes_racing_for_one_location_one_is_refused(tmp_path, sha
     assert expected in err
 
 
+@contextlib.contextmanager
+def _tmpfs(where: Path, options: str):
+    """A small tmpfs mounted at ``where`` for the block; the test is skipped where none can
+    be mounted (no root, a container without mounts)."""
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(where)], capture_output=True)
+
+
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_nothing_half_written(
     tmp_path, capsys
 ):
@@ -490,12 +506,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_nothing_half_wri
     writer fails (RuntimeError, not OSError); one line, exit 2, no half-written file, no run
     (skipped where no tmpfs can be mounted)."""
     ck = tmp_path / "ck"
-    ck.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(ck)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()})")
-    try:
+    with _tmpfs(ck, "size=1m"):
         x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
         np.save(tmp_path / "x.npy", x)
         args = ["train", "--model", "models/gaussian_vae.py", "--data", str(tmp_path / "x.npy"),
@@ -507,8 +518,6 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_nothing_half_wri
         assert "writing the checkpoint of step 3" in err and "free disk space" in err
         assert not (tmp_path / "run").exists()
         assert [p.name for p in ck.iterdir()] == ["filler"]
-    finally:
-        subprocess.run(["umount", str(ck)], capture_output=True)
 
 
 def test_a_nan_parameter_is_not_blamed_on_the_data_width(tmp_path):
@@ -545,17 +554,10 @@ def test_a_read_only_out_is_one_line(tmp_path, capsys):
     """--out inside a read-only file system (root ignores permission bits, so a read-only
     tmpfs stands in; skipped where none can be mounted)."""
     place = tmp_path / "ro"
-    place.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(place)],
-                             capture_output=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({mounted.stderr.decode().strip()})")
-    try:
+    with _tmpfs(place, "ro,size=64k"):
         argv = ["train", "--model", LG, "--data", str(_csv(tmp_path, _rows())), "--steps", "2",
                 "--batch-size", "8", "--no-progress", "--out", str(place / "run")]
         assert "Read-only file system" in _one_line_error(capsys, argv)
-    finally:
-        subprocess.run(["umount", str(place)], capture_output=True)
 
 
 def test_the_public_names_are_the_lazily_imported_ones():
