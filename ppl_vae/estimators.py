@@ -18,6 +18,12 @@ All estimate the evidence lower bound (Kingma & Welling 2014, eq. 3)
   ``num_particles`` ≥ 2 samples per datapoint,
   :math:`\hat{\mathcal{L}}_K = \log \frac1K \sum_k p(x, z_k)/q(z_k|x) \ge` the ELBO, tighter as K
   grows. It has no separate KL term: the KL is inside the log-mean of the weights.
+- ``"enum"`` is :class:`pyro.infer.TraceEnum_ELBO`: discrete sites marked for enumeration
+  (``config_enumerate``, ``infer={"enumerate": "parallel"}``) are summed over their support
+  instead of sampled, a site of the model alone marginalized out, a guide site's expectation
+  taken exactly; the continuous sites are sampled as under ``"sampled"``
+  (:mod:`ppl_vae.enumeration`). Exact in the discrete part, at the cost of one pass over each
+  enumerated site's support (their product, for sites in the same row).
 - ``"analytic"`` is :class:`AnalyticELBO`, :class:`pyro.infer.TraceMeanField_ELBO` with an
   honest rule for the closed form: the same reconstruction term, and for every latent site
   where ``torch.distributions.kl_divergence(q, p)`` is registered and q is a reparameterized
@@ -147,6 +153,8 @@ class Estimator:
         importance_weighted: one draw is K particles' bound log (1/K) Σ_k w_k (no KL term);
             it trains with K = ``iwae_particles`` ≥ 2 particles.
         path_derivative: its gradient drops the score term ∇_φ log q(z|x) at fixed z.
+        enumerates: sums the sites marked for enumeration (model: marginalized; guide:
+            expectation by exact sum) instead of sampling them.
     """
 
     name: str
@@ -157,6 +165,7 @@ class Estimator:
     jit: type[pyro.infer.ELBO] | None = None
     importance_weighted: bool = False
     path_derivative: bool = False
+    enumerates: bool = False
 
     def make(
         self, num_particles: int = 1, max_plate_nesting: int = 0, jit: bool = False
@@ -201,7 +210,8 @@ class Estimator:
 
         ``terms`` holds R·``group`` particles, draw r owning particles r·group … r·group +
         group − 1. An importance-weighted estimator averages a draw's weights inside the log
-        (its KL term is NaN); the others score the draw's first particle only. With
+        (its KL term is NaN); the others score the draw's first particle only, and sites
+        sampled without ``rsample`` add Pyro's score-function surrogate (same value). With
         ``fixed_log_q`` (log q(z̄|x), z̄ = stop_grad(z), per site) a path-derivative
         estimator's KL term is log q(z|x) − log q(z̄|x) + stop_grad(log q(z̄|x)) − log p(z):
         the sampled value, without the score term's gradient.
@@ -215,8 +225,14 @@ class Estimator:
         if self.path_derivative and fixed_log_q is not None:
             kls = {s: kl - fixed_log_q[s] + fixed_log_q[s].detach() for s, kl in kls.items()}
         kl = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
+        elbo = terms.log_likelihood - kl
+        if terms.score_function:
+            # Pyro's surrogate for sites without rsample (Williams 1992; Ranganath et al. 2014):
+            # the same value; gradient ∇(ELBO at fixed log q(y)) + ∇log q(y) · ELBO_n per row
+            log_q = sum(terms.log_q[s] for s in terms.score_function)
+            elbo = elbo + (log_q - log_q.detach()) * (1 + elbo.detach())
         first = slice(None, None, group)  # each draw's first particle
-        return (terms.log_likelihood - kl)[first], kl[first]
+        return elbo[first], kl[first]
 
 
 ESTIMATORS: dict[str, Estimator] = {}
@@ -246,6 +262,11 @@ for _record in (
     Estimator(
         "iwae", IWAE_ELBO, "IWAE bound with K particles (Burda et al. 2016)",
         importance_weighted=True,
+    ),
+    Estimator(
+        "enum", pyro.infer.TraceEnum_ELBO,
+        "TraceEnum_ELBO: enumerated discrete sites summed exactly, the rest sampled",
+        enumerates=True,
     ),
 ):
     register(_record)

@@ -39,9 +39,10 @@ import torch
 
 from . import params
 from .dataset import Dataset, as_dataset
+from .enumeration import guide_enumerated, model_enumerated
 from .errors import check_positive
 from .estimators import get
-from .kl import CLOSED_FORM, SAMPLED
+from .kl import CLOSED_FORM, ENUMERATED, SAMPLED
 from .particles import ParticleTerms, dataset_terms
 from .rng import seeded
 from .traces import PairTraces, run_pair
@@ -76,13 +77,14 @@ def prepare(
 
 
 def draw_terms(
-    model, guide, prepared: Prepared, num_particles: int, batch_size: int
+    model, guide, prepared: Prepared, num_particles: int, batch_size: int, guide_sums: bool = True
 ) -> ParticleTerms:
-    """K particles over every row (no gradients)."""
+    """K particles over every row (no gradients); ``guide_sums``: the guide's sites marked for
+    enumeration are summed (else sampled)."""
     with torch.no_grad():
         return dataset_terms(
             model, guide, prepared.dataset, num_particles, prepared.layout, batch_size,
-            prepared.device,
+            prepared.device, guide_sums,
         )
 
 
@@ -104,8 +106,12 @@ def evaluate(
         data: an array (tensor, numpy array, DataFrame; ``model(x)``), a tuple of per-row
             arrays (``model(x, y)``) or a dict of them (``model(x=..., y=...)``).
         num_particles: K draws of q per datapoint (vectorized).
-        estimator: ``"analytic"`` uses the closed-form KL where :func:`~ppl_vae.estimators.
-            closed_form_kl` gives one, ``"sampled"`` the Monte Carlo term log q − log p.
+        estimator: ``"analytic"`` computes what has an exact form exactly: the closed-form KL
+            where :func:`~ppl_vae.estimators.closed_form_kl` gives one, and the expectation over
+            guide sites marked for enumeration by exact summation (their KL is then
+            KL(q(y|x)‖p(y)) exactly); ``"enum"`` sums those sites and samples the rest;
+            ``"sampled"`` samples everything (the Monte Carlo term log q − log p). Sites the
+            model sums out are summed whatever the estimator (:mod:`ppl_vae.enumeration`).
         batch_size: rows per vectorized pass (memory ∝ batch_size · num_particles); the
             numbers do not depend on it (globals are drawn once per particle).
         seed: seeds the draws without disturbing the caller's RNG stream.
@@ -115,23 +121,30 @@ def evaluate(
         one row per datapoint: ``elbo``, ``elbo_se`` (Monte Carlo standard error over the K
         particles), ``reconstruction``, ``kl`` and ``kl[SITE]`` per local site of q (auxiliary
         sites included), with ``elbo == reconstruction - kl``. ``attrs``: ``kl_method`` (site →
-        ``"closed-form"`` or ``"sampled"``, global sites too), ``joint`` (the data set's
-        ``elbo``, ``elbo_se``, ``reconstruction``, ``kl``, ``kl_global``), ``global_sites`` and
-        ``per_row`` (what a row's numbers mean; see the module doc).
+        ``"closed-form"``, ``"sampled"`` or ``"enumerated (exact)"``, global sites and the
+        sites the model sums out too; the latter have no KL column: they enter
+        ``reconstruction``, or the KL of the guide site whose prior they are a parent of),
+        ``joint`` (the data set's ``elbo``, ``elbo_se``, ``reconstruction``, ``kl``,
+        ``kl_global``), ``global_sites`` and ``per_row`` (what a row's numbers mean; see the
+        module doc).
     """
-    closed_form = get(estimator).closed_form_kl
+    record = get(estimator)
+    closed_form = record.closed_form_kl
+    guide_sums = record.enumerates or closed_form  # the exact parts exact
     check_positive(num_particles=num_particles, batch_size=batch_size)
     with seeded(seed):
         prepared = prepare(model, guide, data, batch_size, model_kwargs)
-        terms = draw_terms(model, guide, prepared, num_particles, batch_size)
+        terms = draw_terms(model, guide, prepared, num_particles, batch_size, guide_sums)
     g = terms.globals
     kls = {s: terms.kl(s, closed_form) for s in terms.log_q}
     global_kls = {s: g.kl(s, closed_form) for s in g.log_q}
+    summed = set(guide_enumerated(prepared.layout.guide)) if guide_sums else set()
     methods = {
-        s: CLOSED_FORM if closed_form and closed[s] is not None else SAMPLED
+        s: ENUMERATED if s in summed else CLOSED_FORM if closed_form and closed[s] is not None
+        else SAMPLED
         for closed in (terms.closed_kl, g.closed_kl)
         for s in closed
-    }
+    } | dict.fromkeys(model_enumerated(prepared.layout.model, prepared.layout.guide), ENUMERATED)
     kl_total = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
     per_particle = terms.log_likelihood - kl_total
     frame = {

@@ -9,6 +9,10 @@ under the model, and the groups are
   when a site itself is named ``obs``, as in Pyro's examples; each group's ``attrs["row_dim"]``
   says which),
   the others ``{site}_dim_{i}``; global latents keep their own shapes, drawn once per draw;
+- for a discrete site ``y`` the model sums out (marked for enumeration, absent from the guide):
+  ``posterior["y_probs"]``, p(y_n = c | x_n, z_{n,s}) per draw, dims ``(chain, draw, obs,
+  y_support)`` (its mean over draws is the guide's estimate of p(y_n = c | x_n)), for such
+  sites in no plate but the data plate; a guide site marked for enumeration is drawn;
 - ``posterior_predictive``: replicated observations :math:`\tilde x \sim p(x|z_{n,s})`;
 - ``log_likelihood``: :math:`\log p(x_n|z_{n,s})` per observed site, dims ``(chain, draw, obs)``;
 - ``sample_stats``: ``log_weight`` :math:`= \log p(x_n, z_{n,s}) - \log q(z_{n,s}|x_n)`;
@@ -30,6 +34,7 @@ from pyro import poutine
 from . import arviz_compat
 from . import params as param_io
 from .dataset import Batch, select_rows
+from .enumeration import model_enumerated
 from .errors import PplVaeError, check_positive
 from .params import restore, snapshot
 from .particles import ParticleSampler
@@ -113,6 +118,8 @@ def to_inference_data(
         for name, site in layout.model.nodes.items()
         if is_latent(site) or is_observed(site)
     }
+    for name in model_enumerated(layout.model, layout.guide):
+        named[f"{name}_probs"] = [row, f"{name}_support"]
     dims = {
         group: {name: named[name] for name in groups[group]}
         for group in ("posterior", "posterior_predictive", "observed_data")
@@ -160,7 +167,10 @@ def _chain(
         layout = run_pair(model, guide, x)
         for start in range(0, num_samples, particle_batch):
             k = min(particle_batch, num_samples - start)
-            terms = ParticleSampler(model, guide, layout, k).terms(x)
+            # the guide's marked discrete sites are sampled (draws of q); those the model sums
+            # out are summed, with their conditional posterior per draw
+            terms = ParticleSampler(model, guide, layout, k, guide_sums=False,
+                                    posteriors=True).terms(x)
             latents = {
                 name: value.reshape(k, *layout.model.nodes[name]["value"].shape)
                 for name, value in terms.values.items()
@@ -171,6 +181,8 @@ def _chain(
             replicated = _replicate(model, x, k, layout, latents)
             for name, value in replicated.items():
                 add("posterior_predictive", name, value)
+            for name, probs in terms.discrete_posteriors.items():
+                add("posterior", f"{name}_probs", probs)
             for name, value in terms.observed.items():
                 add("log_likelihood", name, value)
             add("sample_stats", "log_weight", terms.log_weights())

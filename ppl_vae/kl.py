@@ -24,8 +24,9 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
+from .enumeration import model_enumerated
 from .errors import EstimatorError
-from .traces import PairTraces, is_latent
+from .traces import PairTraces, is_guide_sample, is_latent
 
 if TYPE_CHECKING:
     from .estimators import Estimator
@@ -73,46 +74,70 @@ def closed_form_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
 
 SCORE_FUNCTION = "sampled (score function)"
 AUXILIARY = "sampled (auxiliary)"
+ENUMERATED = "enumerated (exact)"
 
 
 def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
-    """Per site of q: q and p's distribution, its scope, and how ``estimator`` computes its KL.
+    """Per site of q (and per discrete site the model sums out): q and p's distribution, its
+    scope, whether it is enumerated, and how ``estimator`` computes its KL.
 
-    Columns: ``site``, ``q``, ``p`` (None for an auxiliary guide site), ``scope`` (``local``:
-    in the data plate; ``global``: outside it), ``closed_form_available`` and ``kl``:
-    ``"closed-form"``, ``"sampled"`` (log q − log p, pathwise gradient), ``"sampled (score
-    function)"`` (q not reparameterized: Pyro's Trace_ELBO adds the score-function term) or
-    ``"sampled (auxiliary)"`` (a guide-only site: its log q enters the estimate).
+    Columns: ``site``, ``q`` (None for a site the model sums out), ``p`` (None for an auxiliary
+    guide site), ``scope`` (``local``: in the data plate; ``global``: outside it),
+    ``enumerated`` (``"model"``: marked for enumeration and absent from the guide, so summed out
+    of the model; ``"guide"``: a guide site marked for enumeration; else ``""``),
+    ``closed_form_available`` and ``kl``: ``"enumerated (exact)"`` (summed over the support:
+    ``estimator.enumerates``), ``"closed-form"``, ``"sampled"`` (log q − log p, pathwise
+    gradient), ``"sampled (score function)"`` (q not reparameterized: Pyro adds the
+    score-function term) or ``"sampled (auxiliary)"`` (a guide-only site: its log q enters).
     """
     rows = []
     for name, guide_site in traces.guide.nodes.items():
-        if guide_site["type"] != "sample" or guide_site["is_observed"]:
-            continue
-        if site_is_subsample(guide_site):
+        if not is_guide_sample(guide_site):
             continue
         model_site = traces.model.nodes.get(name)
         auxiliary = model_site is None or not is_latent(model_site)
         available = not auxiliary and closed_form_kl(guide_site, model_site) is not None
+        marked = bool(guide_site["infer"].get("enumerate"))
         if auxiliary:
             how = AUXILIARY
+        elif marked and estimator.enumerates:
+            how = ENUMERATED
         elif available and estimator.closed_form_kl:
             how = CLOSED_FORM
         elif not getattr(guide_site["fn"], "has_rsample", False):
             how = SCORE_FUNCTION
         else:
             how = SAMPLED
-        rows.append(
-            {
-                "site": name,
-                "q": dist_name(guide_site["fn"]),
-                "p": None if auxiliary else dist_name(model_site["fn"]),
-                "scope": "local" if traces.is_local(guide_site) else "global",
-                "closed_form_available": available,
-                "kl": how,
-            }
-        )
-    columns = ["site", "q", "p", "scope", "closed_form_available", "kl"]
+        rows.append((name, dist_name(guide_site["fn"]),
+                     None if auxiliary else dist_name(model_site["fn"]),
+                     "local" if traces.is_local(guide_site) else "global",
+                     "guide" if marked else "no", available, how))
+    for name in model_enumerated(traces.model, traces.guide):
+        site = traces.model.nodes[name]
+        scope = "local" if traces.is_local(site) else "global"
+        rows.append((name, None, dist_name(site["fn"]), scope, "model", False, ENUMERATED))
+    columns = ["site", "q", "p", "scope", "enumerated", "closed_form_available", "kl"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def check_enumerates(sites: pd.DataFrame, estimator: Estimator) -> None:
+    """Refuse, before any step, a pair whose model sums out a discrete site under an estimator
+    that would sample it from its prior (a different objective), and ``enum`` on a pair with
+    nothing marked for enumeration."""
+    summed = sites.loc[sites["enumerated"] == "model", "site"].tolist()
+    if summed and not estimator.enumerates:
+        raise EstimatorError(
+            f"the model sums out site(s) {summed} (marked for enumeration, absent from the "
+            f"guide), which the {estimator.name} estimator ({estimator.elbo.__name__}) would "
+            "sample from their prior instead, optimizing another objective; use "
+            "estimator='enum' (TraceEnum_ELBO)"
+        )
+    if estimator.enumerates and (sites["enumerated"] == "no").all():
+        raise EstimatorError(
+            f"the {estimator.name} estimator sums the sites marked for enumeration, but the pair "
+            "marks none; decorate the model or guide with pyro.infer.config_enumerate (or "
+            "infer={'enumerate': 'parallel'} on a discrete site), or use estimator='sampled'"
+        )
 
 
 def check_reparameterized(sites: pd.DataFrame, estimator: Estimator) -> None:
@@ -126,8 +151,9 @@ def check_reparameterized(sites: pd.DataFrame, estimator: Estimator) -> None:
     detail = ", ".join(f"{r.site} (q={r.q})" for r in bad.itertuples())
     raise EstimatorError(
         f"guide site(s) {detail} are not reparameterized, which the {estimator.name} "
-        f"estimator ({estimator.elbo.__name__}) requires; use estimator='sampled' (Trace_ELBO "
-        "with a score-function gradient for those sites)"
+        f"estimator ({estimator.elbo.__name__}) requires; for a discrete site use "
+        "estimator='enum' (its KL summed exactly; mark the site with config_enumerate), or "
+        "estimator='sampled' (Trace_ELBO, a score-function gradient for those sites)"
     )
 
 

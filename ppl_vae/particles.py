@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from pyro.poutine.trace_struct import Trace
 
+from . import enumeration
 from .dataset import Batch, Dataset
 from .errors import PairError, first_line
 from .kl import closed_form_kl
@@ -39,7 +40,6 @@ from .traces import (
     is_guide_sample,
     is_latent,
     is_observed,
-    local_terms,
     trace_pair,
     with_particles,
 )
@@ -84,6 +84,9 @@ class ParticleTerms:
 
     ``log_prior``/``log_q``/``closed_kl`` hold the local sites (an auxiliary site has log p = 0);
     ``globals`` the global ones. ``values`` are the guide's draws (particle dim first).
+    ``score_function`` names the sampled sites without ``rsample`` (their gradient needs the
+    score-function term); ``discrete_posteriors`` holds p(y_n = c | x_n, z_n, θ) of the
+    model-enumerated sites where asked for (:func:`ppl_vae.enumeration.sums`).
     """
 
     log_likelihood: torch.Tensor  # sum over observed sites in the data plate of log p(x|z)
@@ -93,9 +96,18 @@ class ParticleTerms:
     globals: GlobalTerms
     values: dict[str, torch.Tensor] = field(default_factory=dict)
     observed: dict[str, torch.Tensor] = field(default_factory=dict)
+    summed_log_weight: torch.Tensor | None = None  # with guide-enumerated sites, (K, N)
+    score_function: frozenset[str] = frozenset()  # sampled sites without rsample
+    discrete_posteriors: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, N, C)
 
     def log_weights(self) -> torch.Tensor:
-        """Per row, log p(x_n, z_n | θ) − log q(z_n | x_n, θ): the local log weights ``(K, N)``."""
+        """Per row, log p(x_n, z_n | θ) − log q(z_n | x_n, θ): the local log weights ``(K, N)``.
+
+        With guide-enumerated sites y, log Σ_y p(x_n, y, z_y | θ)/q(z_y | x_n, y, θ), which is
+        above the ELBO terms' sum (their expectation over q(y|x_n)); see
+        :mod:`ppl_vae.enumeration`."""
+        if self.summed_log_weight is not None:
+            return self.summed_log_weight
         return self.log_likelihood + sum(
             (self.log_prior[s] - self.log_q[s] for s in self.log_q),
             torch.zeros_like(self.log_likelihood),
@@ -126,46 +138,71 @@ class ParticleTerms:
             log_q=self.log_q | {s: even(v) for s, v in g.log_q.items()},
             closed_kl=self.closed_kl | {s: even(v) for s, v in g.closed_kl.items()},
             globals=GlobalTerms(torch.zeros_like(g.log_likelihood)),
+            summed_log_weight=None if self.summed_log_weight is None
+            else self.summed_log_weight + even(g.log_weight()),
         )
 
 
 def score(
-    model_trace: Trace, guide_trace: Trace, layout: PairTraces, num_particles: int, rows: int
+    model_trace: Trace,
+    guide_trace: Trace,
+    layout: PairTraces,
+    num_particles: int,
+    rows: int,
+    posteriors: bool = False,
 ) -> ParticleTerms:
-    """The terms of one run of the pair (``num_particles`` particles vectorized, or 1)."""
+    """The terms of one run of the pair (``num_particles`` particles vectorized, or 1).
+
+    Enumerated sites are summed exactly (:mod:`ppl_vae.enumeration`): the local terms are then
+    expectations over the guide's enumerated values, and the log weight their exact sum."""
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
+    exact = enumeration.sums(model_trace, guide_trace, layout, num_particles, rows, posteriors)
+    enumerated = set(enumeration.guide_enumerated(guide_trace)) if exact.enum_dims else set()
     local: dict[str, dict] = {"p": {}, "q": {}, "kl": {}}
     glob: dict[str, dict] = {"p": {}, "q": {}, "kl": {}}
-    values = {}
+    values, integrand = {}, 0.0  # integrand: log p − log q of the non-enumerated sites
     for name, site in guide_trace.nodes.items():
         if not is_guide_sample(site):
             continue
         model_site = model_trace.nodes.get(name)
         latent = model_site is not None and is_latent(model_site)
-        inside = layout.is_local(site)
-        terms = local if inside else glob
-
-        def reduce(v, inside=inside):
-            if inside:
-                return local_terms(v, layout, num_particles, rows)
-            return global_terms(v, layout, num_particles)
-
-        terms["q"][name] = reduce(site["log_prob"])
-        terms["p"][name] = reduce(model_site["log_prob"]) if latent else 0 * terms["q"][name]
         closed = closed_form_kl(site, model_site) if latent else None
-        terms["kl"][name] = None if closed is None else reduce(closed)
         values[name] = site["value"]
+        if not layout.is_local(site):
+            glob["q"][name] = global_terms(site["log_prob"], layout, num_particles)
+            glob["p"][name] = (global_terms(model_site["log_prob"], layout, num_particles)
+                               if latent else 0 * glob["q"][name])
+            glob["kl"][name] = None if closed is None else global_terms(closed, layout,
+                                                                         num_particles)
+            continue
+        log_q = exact.local(site["log_prob"])
+        if name in exact.priors:
+            log_p = exact.priors[name]
+        elif latent and name not in exact.absorbed:
+            log_p = exact.local(model_site["log_prob"])
+        else:  # auxiliary, or a prior credited to another site of its marginal
+            log_p = torch.zeros_like(log_q)
+        if name in exact.absorbed:
+            closed = None  # a prior with enumerated parents has no registered closed form
+        integrand = integrand + log_p - (0 if name in enumerated else log_q)
+        local["q"][name], local["p"][name] = exact.mean(log_q), exact.mean(log_p)
+        local["kl"][name] = None if closed is None else exact.mean(exact.local(closed))
     observed, global_ll = {}, torch.zeros(num_particles)
     for name, site in model_trace.nodes.items():
-        if not is_observed(site):
+        if not is_observed(site) or name in exact.absorbed:
             continue
         if layout.is_local(site):
-            observed[name] = local_terms(site["log_prob"], layout, num_particles, rows)
+            log_p = exact.local(site["log_prob"])
+            integrand = integrand + log_p
+            observed[name] = exact.mean(log_p)
         else:
             global_ll = global_ll.to(site["log_prob"]) + global_terms(
                 site["log_prob"], layout, num_particles
             )
+    for name, log_p in exact.likelihood.items():  # observations with enumerated parents
+        integrand = integrand + log_p
+        observed[name] = exact.mean(log_p)
     first = next(iter(observed.values()), None)
     like = torch.zeros(num_particles, rows) if first is None else torch.zeros_like(first)
     log_lik = sum(observed.values(), like)
@@ -177,6 +214,10 @@ def score(
         GlobalTerms(global_ll.to(log_lik), glob["p"], glob["q"], glob["kl"]),
         values,
         observed,
+        None if exact.log_q_enum is None else exact.log_sum(integrand),
+        frozenset(n for n, v in values.items() if n not in enumerated
+                  and not getattr(guide_trace.nodes[n]["fn"], "has_rsample", False)),
+        exact.posteriors,
     )
 
 
@@ -187,9 +228,23 @@ class ParticleSampler:
     networks may not broadcast) and draws the global sites; later batches replay them.
     """
 
-    def __init__(self, model: Callable, guide: Callable, layout: PairTraces, num_particles: int):
+    def __init__(
+        self,
+        model: Callable,
+        guide: Callable,
+        layout: PairTraces,
+        num_particles: int,
+        guide_sums: bool = True,
+        posteriors: bool = False,
+    ):
         self.model, self.guide, self.layout = model, guide, layout
         self.num_particles = num_particles
+        # enumeration: model-enumerated sites always, the guide's marked ones if guide_sums
+        self.enumerate = guide_sums and bool(enumeration.guide_enumerated(layout.guide)) or bool(
+            enumeration.model_enumerated(layout.model, layout.guide))
+        if self.enumerate:
+            enumeration.check_enumeration(layout)
+        self.guide_sums, self.posteriors = guide_sums, posteriors
         self.vectorized: bool | None = None
         self.replay: list[Trace] | None = None  # one trace (vectorized) or one per particle
 
@@ -218,21 +273,20 @@ class ParticleSampler:
     def _vectorized(self, batch: Batch) -> ParticleTerms:
         k, mpn = self.num_particles, self.layout.max_plate_nesting
         traces = trace_pair(
-            with_particles(self.model, k, mpn),
-            with_particles(self.guide, k, mpn),
+            *self._wrapped(with_particles(self.model, k, mpn), with_particles(self.guide, k, mpn)),
             batch,
             None if self.replay is None else self.replay[0],
         )
         if self.replay is None:
             self.replay = [self._globals(traces[1])]
-        return score(*traces, self.layout, k, batch.rows)
+        return score(*traces, self.layout, k, batch.rows, self.posteriors)
 
     def _looped(self, batch: Batch) -> ParticleTerms:
         parts = []
         for i in range(self.num_particles):
             replay = None if self.replay is None or len(self.replay) <= i else self.replay[i]
             try:
-                traces = trace_pair(self.model, self.guide, batch, replay)
+                traces = trace_pair(*self._wrapped(self.model, self.guide), batch, replay)
             except PAIR_FAILURES as e:
                 raise PairError(
                     f"running the pair on a batch of shape {batch.describe()} failed "
@@ -240,8 +294,16 @@ class ParticleSampler:
                 ) from e
             if replay is None:
                 self.replay = (self.replay or []) + [self._globals(traces[1])]
-            parts.append(score(*traces, self.layout, 1, batch.rows))
+            parts.append(score(*traces, self.layout, 1, batch.rows, self.posteriors))
         return _stack(parts, self.layout)
+
+    def _wrapped(self, model: Callable, guide: Callable) -> tuple[Callable, Callable]:
+        """The pair under parallel enumeration where it marks sites for it, the enumerated
+        dims left of the particle plate."""
+        if not self.enumerate:
+            return model, guide
+        first = -(self.layout.max_plate_nesting + 2)
+        return enumeration.enumerate_pair(model, guide, first, self.guide_sums)
 
     def _globals(self, guide_trace: Trace) -> Trace:
         """A trace holding the guide's global sites, to replay on later batches."""
@@ -254,33 +316,41 @@ class ParticleSampler:
 
 def _stack(parts: list[ParticleTerms], layout: PairTraces) -> ParticleTerms:
     """One-particle terms concatenated along the particle axis."""
-
-    def cat(values):
-        return None if values[0] is None else torch.cat(values)
-
-    def cat_dicts(dicts):
-        return {k: cat([d[k] for d in dicts]) for k in dicts[0]}
-
-    g = [p.globals for p in parts]
     ndim = layout.max_plate_nesting
     values = {}
     for name, value in parts[0].values.items():
         shapes = [p.values[name] for p in parts]
         event = value.dim() - min(value.dim(), ndim)
         values[name] = torch.stack([_pad(v, ndim + event) for v in shapes])
+    g = [p.globals for p in parts]
+    globals_ = GlobalTerms(
+        _cat([x.log_likelihood for x in g], 0),
+        *(_cat_dicts([getattr(x, f) for x in g], 0) for f in ("log_prior", "log_q", "closed_kl")),
+    )
+    return _concat(parts, 0, globals_, values)
+
+
+def _cat(values: list, dim: int) -> torch.Tensor | None:
+    return None if values[0] is None else torch.cat(values, dim)
+
+
+def _cat_dicts(dicts: list[dict], dim: int) -> dict:
+    return {k: _cat([d[k] for d in dicts], dim) for k in dicts[0]}
+
+
+def _concat(parts: list[ParticleTerms], dim: int, globals_: GlobalTerms, values: dict
+            ) -> ParticleTerms:
+    """The local terms of ``parts`` concatenated along ``dim`` (0: particles, 1: rows)."""
     return ParticleTerms(
-        cat([p.log_likelihood for p in parts]),
-        cat_dicts([p.log_prior for p in parts]),
-        cat_dicts([p.log_q for p in parts]),
-        cat_dicts([p.closed_kl for p in parts]),
-        GlobalTerms(
-            cat([x.log_likelihood for x in g]),
-            cat_dicts([x.log_prior for x in g]),
-            cat_dicts([x.log_q for x in g]),
-            cat_dicts([x.closed_kl for x in g]),
-        ),
+        _cat([p.log_likelihood for p in parts], dim),
+        *(_cat_dicts([getattr(p, f) for p in parts], dim)
+          for f in ("log_prior", "log_q", "closed_kl")),
+        globals_,
         values,
-        cat_dicts([p.observed for p in parts]),
+        _cat_dicts([p.observed for p in parts], dim),
+        _cat([p.summed_log_weight for p in parts], dim),
+        parts[0].score_function,
+        _cat_dicts([p.discrete_posteriors for p in parts], dim),
     )
 
 
@@ -289,10 +359,16 @@ def _pad(value: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def particle_terms(
-    model: Callable, guide: Callable, batch: Batch, num_particles: int, layout: PairTraces
+    model: Callable,
+    guide: Callable,
+    batch: Batch,
+    num_particles: int,
+    layout: PairTraces,
+    guide_sums: bool = True,
 ) -> ParticleTerms:
-    """``num_particles`` particles of q on one batch, scored (globals drawn for this batch)."""
-    return ParticleSampler(model, guide, layout, num_particles).terms(batch)
+    """``num_particles`` particles of q on one batch, scored (globals drawn for this batch);
+    ``guide_sums``: sum the guide's enumerated sites (else sample them)."""
+    return ParticleSampler(model, guide, layout, num_particles, guide_sums).terms(batch)
 
 
 def dataset_terms(
@@ -303,24 +379,10 @@ def dataset_terms(
     layout: PairTraces,
     batch_size: int,
     device: torch.device,
+    guide_sums: bool = True,
 ) -> ParticleTerms:
     """K particles over every row of ``dataset``, batch by batch, each global drawn once per
     particle; local terms ``(K, N)`` in row order. Draw values are not kept."""
-    sampler = ParticleSampler(model, guide, layout, num_particles)
+    sampler = ParticleSampler(model, guide, layout, num_particles, guide_sums)
     parts = [sampler.terms(batch.to(device)) for batch in dataset.batches(batch_size)]
-
-    def cat(values):
-        return None if values[0] is None else torch.cat(values, dim=1)
-
-    def cat_dicts(dicts):
-        return {k: cat([d[k] for d in dicts]) for k in dicts[0]}
-
-    return ParticleTerms(
-        cat([p.log_likelihood for p in parts]),
-        cat_dicts([p.log_prior for p in parts]),
-        cat_dicts([p.log_q for p in parts]),
-        cat_dicts([p.closed_kl for p in parts]),
-        parts[0].globals,
-        {},
-        cat_dicts([p.observed for p in parts]),
-    )
+    return _concat(parts, 1, parts[0].globals, {})

@@ -175,13 +175,15 @@ def check_sites(model_trace: Trace, guide_trace: Trace) -> None:
     """Refuse pairs whose guide and model disagree on the latent sites."""
     model_latents = set(latent_names(model_trace))
     guide_latents = set(latent_names(guide_trace))
-    missing = sorted(model_latents - guide_latents)
+    summed = {n for n in model_latents if model_trace.nodes[n]["infer"].get("enumerate")}
+    missing = sorted(model_latents - guide_latents - summed)
     model_samples = {n for n, s in model_trace.nodes.items() if s["type"] == "sample"}
     extra = sorted(guide_latents - model_samples)
     if missing:
         raise PairError(
             f"the guide does not sample latent site(s) {missing} that the model has; "
-            "add pyro.sample(name, ...) for each to the guide"
+            "add pyro.sample(name, ...) for each to the guide, or, for a discrete site, sum it "
+            "out of the model: infer={'enumerate': 'parallel'} and estimator='enum'"
         )
     if extra:
         raise PairError(
@@ -248,9 +250,10 @@ class BroadcastError(PairError):
     e.g. because the model's networks do not broadcast over a leading particle dim."""
 
 
-def _aligned(value, layout: PairTraces, num_particles: int) -> torch.Tensor:
-    """``value`` with its batch dims right-aligned to the plates, particle axis first."""
-    ndim = layout.max_plate_nesting + 1
+def _aligned(value, layout: PairTraces, num_particles: int, enum_dims: int = 0) -> torch.Tensor:
+    """``value`` with its batch dims right-aligned to the plates, particle axis first (after
+    ``enum_dims`` leading dims of enumerated sites)."""
+    ndim = layout.max_plate_nesting + 1 + enum_dims
     value = torch.as_tensor(value)
     if value.dim() > ndim:
         raise PairError(
@@ -258,7 +261,7 @@ def _aligned(value, layout: PairTraces, num_particles: int) -> torch.Tensor:
             "the model's plates; declare event dims with .to_event(...)"
         )
     value = value.reshape((1,) * (ndim - value.dim()) + tuple(value.shape))
-    if value.shape[0] not in (1, num_particles):
+    if value.shape[enum_dims] not in (1, num_particles):
         raise BroadcastError(
             f"a log-density of shape {tuple(value.shape)} does not have {num_particles} "
             "particles on its particle axis"
@@ -266,23 +269,30 @@ def _aligned(value, layout: PairTraces, num_particles: int) -> torch.Tensor:
     return value
 
 
-def local_terms(value, layout: PairTraces, num_particles: int, rows: int) -> torch.Tensor:
+def local_terms(
+    value, layout: PairTraces, num_particles: int, rows: int, enum_dims: int = 0
+) -> torch.Tensor:
     """A log-density-like tensor of a site in the data plate as ``(particles, rows)``.
 
     ``value``'s batch dims are right-aligned to the plate dims, the particle plate at
-    ``-(max_plate_nesting + 1)``; the dims of other plates are summed.
+    ``-(max_plate_nesting + 1)``; the dims of other plates are summed. With ``enum_dims`` > 0
+    the dims left of the particle plate (those of enumerated sites) are kept:
+    ``(*enum, particles, rows)``, each enumerated dim of size 1 or its support's.
     """
-    value = _aligned(value, layout, num_particles)
+    value = _aligned(value, layout, num_particles, enum_dims)
     data_axis = value.dim() + layout.data_dim
     if value.shape[data_axis] != rows:
         raise BroadcastError(
             f"a log-density of shape {tuple(value.shape)} does not have {rows} rows at the "
             f"data plate's dim {layout.data_dim}"
         )
-    others = [a for a in range(1, value.dim()) if a != data_axis]
+    others = [a for a in range(enum_dims + 1, value.dim()) if a != data_axis]
     if others:
         value = value.sum(dim=others, keepdim=True)
-    return value.reshape(value.shape[0], rows).expand(num_particles, rows)
+    lead = tuple(value.shape[:enum_dims])
+    return value.reshape(lead + (value.shape[enum_dims], rows)).expand(
+        lead + (num_particles, rows)
+    )
 
 
 def global_terms(value, layout: PairTraces, num_particles: int) -> torch.Tensor:

@@ -30,6 +30,7 @@ from . import params as param_io
 from .checkpoint import Checkpointer, fingerprint
 from .data import check_support
 from .dataset import Batch, Dataset, as_dataset
+from .enumeration import enumerate_pair
 from .errors import (
     PairError,
     PplVaeError,
@@ -39,7 +40,7 @@ from .errors import (
     first_line,
 )
 from .estimators import get
-from .kl import check_fallback, check_reparameterized, kl_sites
+from .kl import check_enumerates, check_fallback, check_reparameterized, kl_sites
 from .optim import ForeachAdam
 from .plates import scale_data_plate
 from .rng import forked
@@ -221,7 +222,7 @@ def _setup(model, guide, dataset, record, saver, optim, num_steps, device, stric
     )
     if particles > 1:
         _check_broadcasting(model, guide, dataset.head(batch_size // group.size).to(device),
-                            layout, particles)
+                            layout, particles, record.enumerates)
     elbo = record.make(particles, layout.max_plate_nesting, jit=options["jit"])
     if options["jit"]:
         _compile(elbo, model, guide, dataset.head(batch_size // group.size), device)
@@ -273,6 +274,7 @@ def _prepare(model, guide, dataset, record, batch_size, device, group, seed, str
     whose ELBO one step's loss estimates: the batch, or all N rows when it is scaled."""
     layout = _probe(model, guide, dataset, batch_size // group.size, device)
     sites = kl_sites(layout, record)
+    check_enumerates(sites, record)
     check_reparameterized(sites, record)
     check_fallback(sites, record, strict)
     _check_autoguide(guide, layout, batch_size, dataset.rows)
@@ -332,13 +334,18 @@ def _probe(model, guide, dataset: Dataset, batch_size: int, device: torch.device
     return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
 
 
-def _check_broadcasting(model, guide, x: Batch, layout: PairTraces, num_particles: int) -> None:
+def _check_broadcasting(model, guide, x: Batch, layout: PairTraces, num_particles: int,
+                        enumerates: bool) -> None:
     """Refuse ``num_particles`` > 1 for a pair whose networks do not broadcast over Pyro's
-    vectorized particle dim, before a step fails inside torch."""
+    vectorized particle dim (and its enumerated dims, when summed), before a step fails inside
+    torch."""
     k, mpn = num_particles, layout.max_plate_nesting
+    pair = with_particles(model, k, mpn), with_particles(guide, k, mpn)
+    if enumerates:
+        pair = enumerate_pair(*pair, -(mpn + 2), guide_sums=True)
     with forked(), torch.no_grad():
         try:
-            trace_pair(with_particles(model, k, mpn), with_particles(guide, k, mpn), x)
+            trace_pair(*pair, x)
         except PAIR_FAILURES as e:
             raise PairError(
                 f"num_particles={k} draws the particles vectorized, but the pair does not "

@@ -53,6 +53,7 @@ from . import params as param_io
 from .dataset import Batch, as_dataset
 from .errors import EstimatorError, is_integer
 from .estimators import get
+from .kl import SCORE_FUNCTION, check_enumerates, check_reparameterized, kl_sites
 from .particles import ParticleTerms, particle_terms
 from .rng import seeded
 from .traces import (
@@ -157,11 +158,16 @@ def estimate_draws(
     with torch.no_grad(), seeded(seed):
         layout = run_pair(model, guide, x)
         group = particles_per_draw(layout, estimators, iwae_particles)
+    check_estimators(layout, estimators)
     with torch.no_grad(), seeded(seed):
-        terms = particle_terms(model, guide, x, num_draws * group, layout).spread()
+        terms = {
+            sums: particle_terms(model, guide, x, num_draws * group, layout, sums).spread()
+            for sums in dict.fromkeys(get(e).enumerates for e in estimators)
+        }
         frames = []
         for estimator in estimators:
-            elbo, kl = get(estimator).score(terms, group=group)
+            record = get(estimator)
+            elbo, kl = record.score(terms[record.enumerates], group=group)
             frames.append(
                 pd.DataFrame(
                     {
@@ -192,14 +198,17 @@ def gradient_draws(
     Each entry has shape ``(num_draws, *param.shape)`` and is taken with respect to the
     unconstrained parameter. All estimators are differentiated on the same draws.
 
+    Guide sites without ``rsample`` (sampled discrete sites) add the score-function term of
+    Pyro's ``Trace_ELBO`` per row (:meth:`~ppl_vae.estimators.Estimator.score`); sites an
+    estimator sums (``"enum"``) contribute their exact gradient.
+
     Raises:
-        EstimatorError: a guide site is not reparameterized (its score-function gradient
-            term is not what these per-draw pathwise gradients measure).
+        EstimatorError: an estimator the pair's sites rule out (:func:`check_estimators`).
     """
     x = minibatch(x, model_kwargs)
     with seeded(seed):
         layout = run_pair(model, guide, x)
-    _check_reparameterized(layout)
+    check_estimators(layout, estimators)
     group = particles_per_draw(layout, estimators, iwae_particles)
     with seeded(seed):
         names = [n for n, s in layout.guide.nodes.items() if s["type"] == "param"]
@@ -211,10 +220,7 @@ def gradient_draws(
         per_estimator: dict[str, list[list[torch.Tensor]]] = {e: [] for e in estimators}
         for start in range(0, num_draws, chunk):
             m = min(chunk, num_draws - start)
-            terms = particle_terms(model, guide, x, m * group, layout).spread()
-            path = any(get(e).path_derivative for e in estimators)
-            fixed = fixed_log_q(guide, x, terms, layout) if path else None
-            losses = torch.cat([-get(e).score(terms, fixed, group)[0].sum(1) for e in estimators])
+            losses = torch.cat(_losses(model, guide, x, m * group, layout, estimators, group))
             grads = torch.autograd.grad(
                 losses,
                 params,
@@ -285,15 +291,34 @@ def gradient_variance(
     return pd.DataFrame(rows, columns=GRADIENT_COLUMNS)
 
 
-def _check_reparameterized(layout: PairTraces) -> None:
-    bad = [
-        name
-        for name, site in layout.guide.nodes.items()
-        if is_latent(site) and not getattr(site["fn"], "has_rsample", False)
-    ]
-    if bad:
-        raise EstimatorError(
-            f"guide site(s) {bad} are not reparameterized, so their gradient has a score-"
-            "function term that per-draw pathwise gradients do not measure; gradient variance "
-            "needs reparameterized (rsample) guide distributions"
-        )
+def _losses(model, guide, x: Batch, num_particles: int, layout: PairTraces,
+            estimators: Sequence[str], group: int) -> list[torch.Tensor]:
+    """Per estimator, the minibatch loss of each draw (differentiable): estimators that sum the
+    enumerated sites share one set of particles, the others another."""
+    records = [get(e) for e in estimators]
+    losses = {}
+    for sums in dict.fromkeys(r.enumerates for r in records):
+        terms = particle_terms(model, guide, x, num_particles, layout, sums).spread()
+        path = any(r.path_derivative for r in records if r.enumerates == sums)
+        fixed = fixed_log_q(guide, x, terms, layout) if path else None
+        for r in records:
+            if r.enumerates == sums:
+                losses[r.name] = -r.score(terms, fixed, group)[0].sum(1)
+    return [losses[r.name] for r in records]
+
+
+def check_estimators(layout: PairTraces, estimators: Sequence[str]) -> None:
+    """Refuse, as ``fit`` would, an estimator the pair's sites rule out (a sampled estimator
+    where the model sums a site out, ``analytic`` on a discrete guide site, ...), and an
+    importance-weighted one on a guide site without ``rsample``."""
+    for estimator in estimators:
+        record = get(estimator)
+        sites = kl_sites(layout, record)
+        check_enumerates(sites, record)
+        check_reparameterized(sites, record)
+        score = sites.loc[sites["kl"] == SCORE_FUNCTION, "site"].tolist()
+        if score and record.importance_weighted:
+            raise EstimatorError(
+                f"guide site(s) {score} are not reparameterized, and the {record.name} bound "
+                "has no score-function gradient here; measure 'sampled' or 'enum' on this pair"
+            )

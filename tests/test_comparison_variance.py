@@ -33,6 +33,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro.distributions import constraints
+from pyro.infer import config_enumerate
 
 from ppl_vae.errors import EstimatorError
 from ppl_vae.estimators import STLTrace_ELBO
@@ -146,7 +147,9 @@ def test_param_groups_split_encoder_and_decoder():
     assert sorted(groups["decoder"]) == ["W", "mu", "sigma"]
 
 
-def test_gradient_variance_refuses_non_reparameterized_guides():
+def _bernoulli_pair(enumerate_guide: bool):
+    """p(c) = Bernoulli(½), p(x|c) = N(c, 1) per row; q(c) = Bernoulli(p), p a free param."""
+
     def model(x):
         with pyro.plate("data", x.shape[0]):
             c = pyro.sample("c", dist.Bernoulli(0.5))
@@ -157,8 +160,34 @@ def test_gradient_variance_refuses_non_reparameterized_guides():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("c", dist.Bernoulli(p))
 
-    with pytest.raises(EstimatorError, match=r"\['c'\] are not reparameterized"):
-        gradient_variance(model, guide, torch.randn(4), num_draws=4)
+    return model, config_enumerate(guide) if enumerate_guide else guide
+
+
+def test_score_function_and_enumerated_gradients_against_the_exact_one():
+    """A discrete guide site: 'sampled' takes Pyro's score-function gradient (unbiased, noisy),
+    'enum' the exact one (zero variance); both against the gradient of the closed-form ELBO
+    Σ_n Σ_c q(c)[log p(c) + log N(x_n | c, 1) − log q(c)] in the unconstrained parameter;
+    'analytic' and 'iwae' are refused before any draw, naming the way out."""
+    x = torch.tensor([-0.5, 0.3, 1.2, 2.0])
+    model, guide = _bernoulli_pair(enumerate_guide=True)
+    guide(x)
+    unconstrained = pyro.get_param_store()._params["p"]
+    p = pyro.param("p")
+    q = torch.stack([1 - p, p])
+    c = torch.tensor([0.0, 1.0])
+    log_joint = math.log(0.5) + dist.Normal(c[:, None], 1.0).log_prob(x)
+    exact_elbo = (q[:, None] * (log_joint - q.log()[:, None])).sum()
+    (exact,) = torch.autograd.grad(-exact_elbo, unconstrained)
+    draws = gradient_draws(model, guide, x, ["sampled", "enum"], 4000, seed=0)
+    sampled, summed = draws["sampled"]["p"], draws["enum"]["p"]
+    assert summed.std() < 1e-6 and summed.mean() == pytest.approx(float(exact), abs=1e-5)
+    se = float(sampled.std()) / math.sqrt(len(sampled))
+    assert abs(float(sampled.mean()) - float(exact)) < 4 * se, (sampled.mean(), se, exact)
+    assert sampled.std() > 0.1  # the score-function noise the exact sum removes
+    with pytest.raises(EstimatorError, match=r"c \(q=Bernoulli\) are not reparameterized.*'enum'"):
+        gradient_variance(model, guide, x, ("sampled", "analytic"), num_draws=4)
+    with pytest.raises(EstimatorError, match=r"\['c'\] are not reparameterized.*iwae"):
+        gradient_variance(model, guide, x, ("sampled", "iwae"), num_draws=4)
 
 
 def test_stl_gradient_vanishes_at_the_exact_posterior():

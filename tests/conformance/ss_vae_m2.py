@@ -16,6 +16,12 @@ classifier, the auxiliary loss and CUDA are not used. Data: the dict ``{"xs": ..
 ``sized_plate=True`` (not the default) replaces the unsized ``pyro.plate("data")`` by
 ``pyro.plate("data", xs.shape[0])`` in model and guide, so that the rest of the pair can be
 tested where a library needs a sized data plate.
+
+:func:`unsupervised_pair` is the example's unsupervised branch as its ``main`` sets it up with
+``--enum-discrete parallel``: ``SSVAE(config_enum="parallel")`` (MLPs that broadcast), the guide
+``config_enumerate(ss_vae.guide, "parallel", expand=True)``, ``ys=None``, so y is a latent the
+guide enumerates; trained there with ``TraceEnum_ELBO(max_plate_nesting=1)``. Data: the images
+alone (``model(xs)``).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pyro.distributions.util import broadcast_shape
+from pyro.infer import config_enumerate
 
 from . import Pair, digits_with_labels
 
@@ -247,5 +254,19 @@ def pair(seed: int = 0, rows: int = ROWS, *, sized_plate: bool = False) -> Pair:
         guide=ssvae.guide,
         data=make_data(rows),
         broadcasts=False,
+        extras={"modules": (ssvae,)},
+    )
+
+
+def unsupervised_pair(seed: int = 0, rows: int = ROWS) -> Pair:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        ssvae = SSVAE(hidden_layers=[32], config_enum="parallel")
+    return Pair(
+        name="ss_vae_m2[unsupervised]",
+        source=SOURCE,
+        model=ssvae.model,
+        guide=config_enumerate(ssvae.guide, "parallel", expand=True),
+        data=make_data(rows)["xs"],
         extras={"modules": (ssvae,)},
     )
