@@ -275,6 +275,13 @@ def _prepare(model, guide, dataset, record, batch_size, device, group, seed, str
     layout = _probe(model, guide, dataset, batch_size // group.size, device)
     sites = kl_sites(layout, record)
     check_enumerates(sites, record)
+    summed = sites.loc[sites["enumerated"] == "model", "site"].tolist()
+    if kl_warmup and summed:
+        raise PplVaeError(
+            f"kl_warmup scales the latent sites by beta, but the model sums out {summed} with "
+            "the observations that depend on them, and TraceEnum_ELBO needs one scale for all "
+            "of those; drop kl_warmup"
+        )
     check_reparameterized(sites, record)
     check_fallback(sites, record, strict)
     _check_autoguide(guide, layout, batch_size, dataset.rows)

@@ -26,7 +26,7 @@ from torch.distributions import constraints
 
 import ppl_vae
 from ppl_vae.cli import main
-from ppl_vae.errors import EstimatorError, PairError
+from ppl_vae.errors import EstimatorError, PairError, PplVaeError
 from ppl_vae.particles import ParticleLoopWarning
 from ppl_vae.variance import estimate_draws, gradient_variance
 from tests.conformance import gmm, ss_vae_m2, within
@@ -97,6 +97,9 @@ def test_gmm_tutorial_refuses_estimators_that_would_sample_the_assignment():
         with pytest.raises(EstimatorError, match=r"sums out site\(s\) \['assignment'\].*'enum'"):
             ppl_vae.fit(pair.model, pair.guide, pair.data, estimator=estimator, num_steps=5,
                         callback=steps.append)
+    with pytest.raises(PplVaeError, match=r"kl_warmup.*sums out \['assignment'\]"):
+        ppl_vae.fit(pair.model, pair.guide, pair.data, estimator="enum", num_steps=5,
+                    kl_warmup=3, callback=steps.append)
     assert steps == []
     with pytest.raises(EstimatorError, match="sums out"):
         estimate_draws(pair.model, pair.guide, pair.data, ["sampled"], 3)
