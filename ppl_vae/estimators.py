@@ -91,7 +91,9 @@ class IWAE_ELBO(pyro.infer.RenyiELBO):
     Per datapoint (sites inside the data plate), L_K(x) = log (1/K) Σ_k p(x, z_k)/q(z_k|x)
     with K = ``num_particles`` reparameterized draws; its gradient is the IWAE gradient, each
     particle's weighted by its normalized importance weight. Latents outside every plate make
-    the minibatch one joint importance weight, as Pyro computes it.
+    the minibatch one joint importance weight, as Pyro computes it. Guide sites without
+    ``rsample`` are refused: Pyro's surrogate term for them, α/(1 − α) · log q, vanishes at
+    α = 0, so their parameters would get no gradient at all.
     """
 
     def __init__(
@@ -259,9 +261,9 @@ for _record in (
         "stl", STLTrace_ELBO, "sampled value, path-derivative gradient (Roeder et al. 2017)",
         path_derivative=True,
     ),
-    Estimator(
+    Estimator(  # RenyiELBO's surrogate for a site without rsample is α/(1−α)·log q: 0 at α=0
         "iwae", IWAE_ELBO, "IWAE bound with K particles (Burda et al. 2016)",
-        importance_weighted=True,
+        importance_weighted=True, requires_reparameterized=True,
     ),
     Estimator(
         "enum", pyro.infer.TraceEnum_ELBO,

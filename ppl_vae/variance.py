@@ -53,7 +53,7 @@ from . import params as param_io
 from .dataset import Batch, as_dataset
 from .errors import EstimatorError, is_integer
 from .estimators import get
-from .kl import SCORE_FUNCTION, check_enumerates, check_reparameterized, kl_sites
+from .kl import check_enumerates, check_reparameterized, kl_sites
 from .particles import ParticleTerms, particle_terms
 from .rng import seeded
 from .traces import (
@@ -308,17 +308,10 @@ def _losses(model, guide, x: Batch, num_particles: int, layout: PairTraces,
 
 
 def check_estimators(layout: PairTraces, estimators: Sequence[str]) -> None:
-    """Refuse, as ``fit`` would, an estimator the pair's sites rule out (a sampled estimator
-    where the model sums a site out, ``analytic`` on a discrete guide site, ...), and an
-    importance-weighted one on a guide site without ``rsample``."""
+    """Refuse, as ``fit`` would, an estimator the pair's sites rule out: a sampled estimator
+    where the model sums a site out, ``analytic`` or ``iwae`` on a discrete guide site, ..."""
     for estimator in estimators:
         record = get(estimator)
         sites = kl_sites(layout, record)
         check_enumerates(sites, record)
         check_reparameterized(sites, record)
-        score = sites.loc[sites["kl"] == SCORE_FUNCTION, "site"].tolist()
-        if score and record.importance_weighted:
-            raise EstimatorError(
-                f"guide site(s) {score} are not reparameterized, and the {record.name} bound "
-                "has no score-function gradient here; measure 'sampled' or 'enum' on this pair"
-            )
