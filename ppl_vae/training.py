@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,8 @@ from .traces import (
 from .warmup import LatentScale, anneal
 
 DEFAULT_BATCH_SIZE = 128
+# Pyro's Trace_ELBO warns about guide sites marked for enumeration, which it samples
+ENUMERATION_HINT = r"(?s).*If you want to enumerate sites, you need to use TraceEnum_ELBO"
 
 
 @dataclass(frozen=True)
@@ -181,9 +184,11 @@ def fit(
         saver = Checkpointer(checkpoint_dir, checkpoint_every, resume)
     options = dict(batch_size=batch_size, seed=seed, lr=lr, num_particles=num_particles,
                    kl_warmup=kl_warmup, clip_norm=clip_norm, jit=jit)
-    with saver.locked() if saver else contextlib.nullcontext():  # one run per checkpoint_dir
+    with saver.locked() if saver else contextlib.nullcontext(), warnings.catch_warnings():
         trainer, state, sites = _setup(model, guide, dataset, record, saver, optim, num_steps,
                                        param_io.check_device(device), strict, options)
+        if (sites["enumerated"] == "guide").any():  # sampled on purpose; sites says so
+            warnings.filterwarnings("ignore", ENUMERATION_HINT, UserWarning)
         first, stopped = state.step + 1, False
         show = progress and trainer.group.rank == 0
         with _progress(show, num_steps, state.step, record.name) as bar:
