@@ -239,9 +239,10 @@ class ParticleSampler:
     ):
         self.model, self.guide, self.layout = model, guide, layout
         self.num_particles = num_particles
-        # enumeration: model-enumerated sites always, the guide's marked ones if guide_sums
-        self.enumerate = guide_sums and bool(enumeration.guide_enumerated(layout.guide)) or bool(
-            enumeration.model_enumerated(layout.model, layout.guide))
+        # enumeration: the sites the model sums out always, the guide's marked ones if asked
+        summed_in_guide = guide_sums and bool(enumeration.guide_enumerated(layout.guide))
+        summed_in_model = bool(enumeration.model_enumerated(layout.model, layout.guide))
+        self.enumerate = summed_in_guide or summed_in_model
         if self.enumerate:
             enumeration.check_enumeration(layout)
         self.guide_sums, self.posteriors = guide_sums, posteriors
