@@ -29,7 +29,7 @@ from .kl import KLFallbackWarning
 from .rng import derived_seed
 from .traces import run_pair
 from .training import fit
-from .variance import estimate_draws, gradient_variance
+from .variance import check_estimators, estimate_draws, gradient_variance
 
 
 @dataclass
@@ -66,6 +66,8 @@ def measure_runs(
     try:
         with _isolated(model, guide, probe, modules, device) as created, warnings.catch_warnings():
             warnings.simplefilter("ignore", KLFallbackWarning)
+            with torch.no_grad():  # every estimator fits the pair, before any training
+                check_estimators(run_pair(model, guide, probe.to(device)), settings.estimators)
             for seed in settings.seeds:
                 initial = _initial_parameters(model, guide, probe, created, modules, seed, device)
                 for estimator in settings.estimators:

@@ -335,20 +335,40 @@ def test_enumeration_without_a_per_datapoint_split_is_refused():
 
 
 def test_cli_trains_and_compares_the_zoo_m2(tmp_path, capsys):
+    digits = ppl_vae.load_data("digits", binarize=True).numpy()
+    np.save(tmp_path / "train.npy", digits[:200])
+    np.save(tmp_path / "test.npy", digits[200:240])
+    data = ["--model", "models/m2_vae.py", "--data", str(tmp_path / "train.npy"),
+            "--test-data", str(tmp_path / "test.npy"), "--no-progress"]
     out = tmp_path / "run"
-    code = main(["train", "--model", "models/m2_vae.py", "--data", "digits", "--estimator",
-                 "enum", "--steps", "20", "--batch-size", "64", "--out", str(out),
-                 "--no-progress"])
+    code = main(["train", *data, "--estimator", "enum", "--steps", "20", "--batch-size", "64",
+                 "--out", str(out)])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     kinds = {s["site"]: s["kl"] for s in summary["sites"]}
     assert kinds == {"y": "enumerated (exact)", "z": "sampled"}
     assert summary["metrics"]["test_log_likelihood"] > summary["metrics"]["test_elbo"]
-    code = main(["train", "--model", "models/m2_vae.py", "--data", "digits", "--estimator",
-                 "analytic", "--steps", "20", "--out", str(tmp_path / "bad"), "--no-progress"])
+    code = main(["train", *data, "--estimator", "analytic", "--steps", "20",
+                 "--out", str(tmp_path / "bad")])
     assert code == 2
     assert "estimator='enum'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+    small = [*data, "--steps", "10", "--draws", "4", "--checkpoints", "1", "--ll-samples", "20",
+             "--seeds", "0"]
+    code = main(["compare", *small, "--out", str(tmp_path / "bad")])  # sampled and analytic
+    assert code == 2 and "estimator='enum'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    compared = tmp_path / "compared"
+    code = main(["compare", *small, "--estimators", "sampled", "enum", "--out", str(compared)])
+    assert code == 0
+    loaded = ppl_vae.Comparison.load(compared)
+    summary = loaded.summary.set_index("estimator")
+    # summing y removes its score-function noise from the encoder's gradient
+    assert summary.loc["enum", "encoder_variance_init"] < summary.loc["sampled",
+                                                                      "encoder_variance_init"]
+    kinds = loaded.sites.set_index(["estimator", "site"])["kl"]
+    assert kinds[("enum", "y")] == "enumerated (exact)"
+    assert kinds[("sampled", "y")] == "sampled (score function)"
 
 
 def test_enum_resumes_bit_for_bit(tmp_path):
