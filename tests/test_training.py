@@ -50,7 +50,7 @@ def test_fit_result_history_and_sites(binary_digits):
     assert h["elbo"].iloc[-5:].mean() > h["elbo"].iloc[:5].mean()  # it learns
     assert result.sites.to_dict("records") == [{
         "site": "z", "q": "Independent(Normal)", "p": "Independent(Normal)", "scope": "local",
-        "closed_form_available": True, "kl": "closed-form",
+        "enumerated": "no", "closed_form_available": True, "kl": "closed-form",
     }]
     assert set(result.params) == set(pyro.get_param_store().keys())
 
