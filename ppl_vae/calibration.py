@@ -86,6 +86,14 @@ class Calibration:
             self.ranks.to_numpy(), self.settings["num_draws"], prob, self.settings["seed"]
         )
 
+    def plot(self, prob: float = 0.95):
+        """The ECDF-difference plot of the ranks with its simultaneous ``prob`` band, one
+        panel per coordinate, titled by its verdict (a matplotlib ``Figure``)."""
+        from .diagnostic_figures import ecdf_figure
+
+        return ecdf_figure(self.ecdf(prob), list(self.ranks.columns),
+                           list(self.tests["verdict"]), prob)
+
     def to_dataset(self):
         """The ranks as an ``xarray.Dataset``: one variable per site with dims
         ``(simulation, SITE_dim_0, ...)``, the layout of an ArviZ group without chains."""
