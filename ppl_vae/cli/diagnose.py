@@ -6,11 +6,10 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import arviz_compat
 from ..calibration import calibration
-from ..dataset import Dataset, as_dataset
+from ..dataset import as_dataset
 from ..diagnostic_figures import gap_figure
 from ..diagnostics import vi_diagnostics
 from ..errors import DataError, PairError
@@ -191,8 +190,7 @@ def _gap(pair, data, args, seed: int):
     if args.gap_rows == 0:
         return None, {"summary": "skipped (--gap-rows 0)"}
     dataset = as_dataset(data)
-    rows = dataset.take(torch.arange(min(args.gap_rows, dataset.rows)))
-    subset = Dataset(rows.args, {k: rows.kwargs[k] for k in rows.per_row}, {})
+    subset = dataset.first(args.gap_rows)
     exact = pair.exact_log_likelihood if dataset.single is not None else None
     try:
         gap = inference_gap(*pair, subset, num_steps=args.gap_steps, seed=seed,
