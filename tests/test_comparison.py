@@ -12,6 +12,7 @@ from ppl_vae import Comparison, compare_estimators
 from ppl_vae.errors import EstimatorError, OutputError, PplVaeError
 from ppl_vae.report import markdown
 from tests.conftest import requires_cuda
+from tests.pairs import ppca_rows
 
 TIMING = ["time_s", "ms_per_step", "ms_per_step_sd", "seconds", "seconds_sd"]
 TINY = dict(
@@ -134,11 +135,7 @@ def test_linear_gaussian_reports_the_exact_gap():
     """gap = log p(x) − ELBO must equal KL(q(z|x) ‖ p(z|x)), computed here independently."""
     from models import linear_gaussian
 
-    generator = torch.Generator().manual_seed(1)
-    w = torch.randn(5, 2, generator=generator)
-    x = torch.randn(160, 2, generator=generator) @ w.T + 0.5 * torch.randn(
-        160, 5, generator=generator
-    )
+    x = ppca_rows(1)
     pair = linear_gaussian.make_pair(x_dim=5, z_dim=2)
     truths = []
 
