@@ -69,7 +69,8 @@ def inference_gap(
     """The amortization and approximation gaps of every datapoint (module doc).
 
     Args:
-        model, guide: the trained pair; the guide's sites local and Normal.
+        model, guide: the trained pair; the guide's sites local, Normal or
+            MultivariateNormal.
         data: the datapoints (as for :func:`~ppl_vae.evaluate`).
         num_steps, lr, num_particles: Adam steps, learning rate (decaying linearly to 1% of
             it) and draws per step of the per-datapoint optimization of q.

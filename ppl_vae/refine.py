@@ -9,10 +9,12 @@ ELBO with ``num_particles`` reparameterized draws per row and the closed-form KL
 registered (Cremer, Li & Duvenaud 2018, section 3: "optimal" q by local optimization; Kim et
 al. 2018 refine the encoder's output the same way).
 
-Supported are guides whose local sites are ``Normal`` (under ``.to_event`` or not), each with
-parameters that depend on the data only: a site whose parameters depend on another site's
-draw (a hierarchical guide) has no single per-datapoint Normal to optimize, and is refused, as
-are other families and global sites.
+Supported are guides whose local sites are ``Normal`` (under ``.to_event`` or not; free
+:math:`\log\sigma_n` per coordinate) or ``MultivariateNormal`` (free lower-triangular scale
+:math:`L_n` per row, its diagonal through log), each with parameters that depend on the data
+only: a site whose parameters depend on another site's draw (a hierarchical guide) has no
+single per-datapoint Normal to optimize, and is refused, as are other families and global
+sites.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from .errors import PairError
 from .particles import ParticleTerms, particle_terms
 from .traces import PairTraces, is_guide_sample, trace_pair
 
-Parameters = dict[str, tuple[torch.Tensor, torch.Tensor, int]]  # site: (loc, log scale, event)
+# site: (loc, raw scale, event dims, full covariance); raw scale: log σ (Normal), or the
+# scale_tril with its diagonal through log (MultivariateNormal)
+Parameters = dict[str, tuple[torch.Tensor, torch.Tensor, int, bool]]
+NORMALS = (dist.Normal, torch.distributions.Normal)
+MVNS = (dist.MultivariateNormal, torch.distributions.MultivariateNormal)
 
 
 def _base(fn):
@@ -48,8 +54,8 @@ def encoder_output(guide, model, batch: Batch, layout: PairTraces) -> Parameters
         )
     first = _parameters(guide, model, batch)
     second = _parameters(guide, model, batch)  # other draws: parameters must not change
-    for name, (loc, log_scale, _) in first.items():
-        if not (torch.equal(loc, second[name][0]) and torch.equal(log_scale, second[name][1])):
+    for name, (loc, raw, _, _) in first.items():
+        if not (torch.equal(loc, second[name][0]) and torch.equal(raw, second[name][1])):
             raise PairError(
                 f"the parameters of guide site {name!r} depend on the draws of other sites "
                 "(a hierarchical guide); the per-datapoint optimum of its family is not "
@@ -64,18 +70,33 @@ def _parameters(guide, model, batch: Batch) -> Parameters:
     for name, site in trace.nodes.items():
         if not is_guide_sample(site):
             continue
-        normal, event = _base(site["fn"])
-        if type(normal) not in (dist.Normal, torch.distributions.Normal):
+        base, event = _base(site["fn"])
+        if type(base) not in NORMALS + MVNS:
             raise PairError(
-                f"guide site {name!r} is a {type(normal).__name__}; the per-datapoint "
-                "optimum is computed for Normal sites (dist.Normal(loc, scale), .to_event(...) "
-                "allowed) only"
+                f"guide site {name!r} is a {type(base).__name__}; the per-datapoint optimum is "
+                "computed for the Normal families only (dist.Normal, .to_event(...) allowed, "
+                "and dist.MultivariateNormal)"
             )
         shape = site["fn"].batch_shape + site["fn"].event_shape
-        loc = torch.broadcast_to(normal.loc, shape).detach().clone()
-        log_scale = torch.broadcast_to(normal.scale, shape).detach().log()
-        found[name] = (loc, log_scale, event)
+        loc = torch.broadcast_to(base.loc, shape).detach().clone()
+        if type(base) in NORMALS:
+            raw = torch.broadcast_to(base.scale, shape).detach().log()
+            found[name] = (loc, raw, event, False)
+        else:
+            tril = torch.broadcast_to(base.scale_tril, shape + shape[-1:]).detach()
+            diagonal = torch.diag_embed(tril.diagonal(dim1=-2, dim2=-1).log())
+            found[name] = (loc, tril.tril(-1) + diagonal, event + 1, True)
     return found
+
+
+def distribution(loc: torch.Tensor, raw: torch.Tensor, event: int, full: bool):
+    """The Normal (or MultivariateNormal) with free parameters ``loc`` and ``raw``."""
+    if full:
+        tril = raw.tril(-1) + torch.diag_embed(raw.diagonal(dim1=-2, dim2=-1).exp())
+        fn, event = dist.MultivariateNormal(loc, scale_tril=tril), event - 1
+    else:
+        fn = dist.Normal(loc, raw.exp())
+    return fn.to_event(event) if event else fn
 
 
 class Refined(Messenger):
@@ -87,8 +108,7 @@ class Refined(Messenger):
 
     def _pyro_sample(self, msg) -> None:
         if msg["name"] in self.parameters and not msg["is_observed"]:
-            loc, log_scale, event = self.parameters[msg["name"]]
-            fn = dist.Normal(loc, log_scale.exp()).to_event(event)
+            fn = distribution(*self.parameters[msg["name"]])
             msg["fn"] = fn.expand(msg["fn"].batch_shape)
 
 
@@ -113,9 +133,9 @@ def optimize(model, guide, batch: Batch, layout: PairTraces, start: Parameters, 
              num_steps: int, lr: float, num_particles: int) -> tuple[Parameters, torch.Tensor]:
     """Adam on every row's ELBO from ``start``, the learning rate decaying linearly to 1% of
     ``lr``; returns the optimized parameters and the objective per step and row."""
-    free = {n: (loc.clone().requires_grad_(), ls.clone().requires_grad_(), e)
-            for n, (loc, ls, e) in start.items()}
-    tensors = [t for loc, ls, _ in free.values() for t in (loc, ls)]
+    free = {n: (loc.clone().requires_grad_(), raw.clone().requires_grad_(), e, full)
+            for n, (loc, raw, e, full) in start.items()}
+    tensors = [t for loc, raw, _, _ in free.values() for t in (loc, raw)]
     optimizer = torch.optim.Adam(tensors, lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 1 - 0.99 * step / max(1, num_steps)
@@ -130,5 +150,5 @@ def optimize(model, guide, batch: Batch, layout: PairTraces, start: Parameters, 
         optimizer.step()
         schedule.step()
         trace.append(objective.detach())
-    done = {n: (loc.detach(), ls.detach(), e) for n, (loc, ls, e) in free.items()}
+    done = {n: (loc.detach(), raw.detach(), e, full) for n, (loc, raw, e, full) in free.items()}
     return done, torch.stack(trace)
