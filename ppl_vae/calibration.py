@@ -32,7 +32,6 @@ import numpy as np
 import pandas as pd
 import torch
 from pyro import poutine
-from pyro.poutine.trace_struct import Trace
 
 from . import params as param_io
 from . import ranks as rank_tests
@@ -40,7 +39,7 @@ from .dataset import Batch, Dataset, as_dataset
 from .errors import PairError, PplVaeError, check_positive, check_seed
 from .rng import derived_seed, seeded
 from .simulation import Simulated, coordinate_names, rows_first, simulate
-from .traces import PairTraces, run_pair, with_particles
+from .traces import PAIR_FAILURES, PairTraces, run_pair, with_particles
 from .training import fit
 
 MAX_REFITS = 100  # simulations with a refit of q(θ) each, at most
@@ -214,9 +213,34 @@ def _template_rows(rows: int, num_simulations: int) -> torch.Tensor:
     return torch.randint(rows, (num_simulations,))
 
 
-def _draws(guide: Callable, batch: Batch, layout: PairTraces, num_draws: int) -> Trace:
-    particles = with_particles(guide, num_draws, layout.max_plate_nesting)
-    return poutine.trace(particles).get_trace(*batch.args, **batch.kwargs)
+class _Draws:
+    """L draws of q on one batch: one trace under a vectorized particle plate, or, for a guide
+    whose networks do not broadcast over it (a hierarchical guide feeding one site's draw to
+    a network), L traces of single draws."""
+
+    def __init__(self, guide: Callable, batch: Batch, layout: PairTraces, num_draws: int):
+        self.layout, self.num_draws = layout, num_draws
+        run = poutine.trace(with_particles(guide, num_draws, layout.max_plate_nesting))
+        try:
+            self.traces = [run.get_trace(*batch.args, **batch.kwargs)]
+        except PAIR_FAILURES as e:
+            if isinstance(e, PairError):
+                raise
+            self.traces = [poutine.trace(guide).get_trace(*batch.args, **batch.kwargs)
+                           for _ in range(num_draws)]
+
+    def local(self, site: str, event_dim: int) -> torch.Tensor:
+        """A local site's draws as ``(L, rows, ...)``."""
+        if len(self.traces) == 1:
+            value = self.traces[0].nodes[site]["value"]
+            return rows_first(value, event_dim, self.layout, particles=True)
+        return torch.stack([rows_first(t.nodes[site]["value"], event_dim, self.layout,
+                                       particles=False) for t in self.traces])
+
+    def global_(self, site: str) -> torch.Tensor:
+        """A global site's draws as ``(L, 1, C)``."""
+        values = [t.nodes[site]["value"] for t in self.traces]
+        return torch.stack(values).reshape(self.num_draws, 1, -1)
 
 
 def _rank(truth: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
@@ -230,13 +254,12 @@ def _local_ranks(model, guide, template: Batch, num_draws: int):
     """Ranks ``(rows, C)`` of the local latents of one simulated batch, and the sites' shapes."""
     layout = run_pair(model, guide, template)
     simulated = simulate(model, template, layout)
-    trace = _draws(guide, simulated.batch, layout, num_draws)
+    draws_of_q = _Draws(guide, simulated.batch, layout, num_draws)
     columns, shapes = [], {}
     for site, value in simulated.latents.items():
         event = simulated.event_dims[site]
         truth = rows_first(value, event, layout, particles=False)
-        draws = rows_first(trace.nodes[site]["value"], event, layout, particles=True)
-        draws = draws.expand(num_draws, *truth.shape)
+        draws = draws_of_q.local(site, event).expand(num_draws, *truth.shape)
         shapes[site] = tuple(truth.shape[1:])
         columns.append(_rank(truth, draws).reshape(template.rows, -1))
     return torch.cat(columns, dim=1), shapes
@@ -260,13 +283,13 @@ def _refit_ranks(model, guide, dataset: Dataset, num_draws: int, seed: int, refi
             with torch.enable_grad():
                 fit(poutine.block(model, hide_types=["param"]), guide, _as_data(simulated),
                     num_steps=refit_steps, lr=lr, seed=seed, device=param_io.device())
-            trace = _draws(guide, simulated.batch, layout, num_draws)
+            draws_of_q = _Draws(guide, simulated.batch, layout, num_draws)
         finally:
             param_io.restore(saved)
     columns, shapes = [], {}
     for site in sites:
         truth = simulated.latents[site].reshape(1, -1)
-        draws = trace.nodes[site]["value"].reshape(num_draws, 1, -1)
+        draws = draws_of_q.global_(site)
         shapes[site] = tuple(s for s in simulated.latents[site].shape if s != 1) or (1,)
         columns.append(_rank(truth, draws.expand(num_draws, *truth.shape)))
     return torch.cat(columns, dim=1), shapes

@@ -214,6 +214,37 @@ def test_discrete_latent_ties_are_broken_at_random():
             == TOO_NARROW).all()
 
 
+def test_hierarchical_guide_that_does_not_broadcast():
+    """a ~ N(0, 1), b ~ N(a, 1), x ~ N(b, 1); the exact posterior factorized as
+    q(a|x) = N(x/3, 2/3) and q(b|a, x) = N((a + x)/2, 1/2), the second computed by a network
+    on torch.stack([x, a]), which fails under a particle plate: drawn one at a time."""
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(0.5), net.bias.zero_()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            a = pyro.sample("a", dist.Normal(torch.zeros_like(x), 1.0))
+            b = pyro.sample("b", dist.Normal(a, 1.0))
+            pyro.sample("x", dist.Normal(b, 1.0), obs=x)
+
+    def guide(x):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            a = pyro.sample("a", dist.Normal(x / 3, (2 / 3) ** 0.5))
+            loc = net(torch.stack([x, a], -1)).squeeze(-1)
+            pyro.sample("b", dist.Normal(loc, 0.5**0.5))
+
+    result = calibration(model, guide, torch.randn(30), num_simulations=500, num_draws=49,
+                         seed=0)
+    assert list(result.ranks.columns) == ["a", "b"]
+    assert (result.tests["verdict"] == CALIBRATED).all(), result.tests
+    with torch.no_grad():
+        net.bias.fill_(0.5)  # q(b|a, x) shifted up by 0.7 of its sd
+    assert list(calibration(model, guide, torch.randn(30), num_simulations=500, num_draws=49,
+                            seed=0).tests["verdict"]) == [CALIBRATED, TOO_HIGH]
+
+
 def global_pair():
     """θ ~ N(0, 1), x_n ~ N(θ, 1), AutoNormal q(θ): a global latent, refitted per simulation."""
 
