@@ -177,6 +177,13 @@ def _gap_findings(comparison: Comparison) -> list[str]:
         f"datapoint (mean ± sd over {seeds} seeds; Cremer et al. 2018)."
         for estimator in s["estimators"]
     ]
+    unsettled = comparison.runs.get("gap_still_improving")
+    if unsettled is not None and unsettled.max() > 0:
+        found.append(
+            f"The per-datapoint optimization of q was still improving at up to "
+            f"{int(unsettled.max())} of the {s['gap_rows']} rows in a run (gap_steps = "
+            f"{s['gap_steps']}): there the amortization gap is a lower estimate."
+        )
     for row in comparison.differences.itertuples():
         if row.metric not in ("amortization_gap", "approximation_gap"):
             continue
