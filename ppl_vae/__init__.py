@@ -12,7 +12,7 @@ import importlib
 # so that `ppl-vae` can catch a Ctrl-C while torch and Pyro load
 _HOME = {
     "arviz_compat": None, "nets": None, "optim": None,
-    "Calibration": "calibration", "calibration": "calibration",
+    "Calibration": "sbc", "calibration": "sbc",
     "Comparison": "comparison", "ComparisonSettings": "comparison",
     "compare_estimators": "comparison",
     "load_data": "data", "train_test_split": "data",
@@ -56,8 +56,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "arviz_compat",
-    "calibration",
     "Calibration",
+    "calibration",
     "CheckpointError",
     "compare_estimators",
     "compare_posteriors",

@@ -10,6 +10,7 @@ probability, over seeds, that a calibrated guide is flagged at all: alpha = 0.05
 import numpy as np
 import pyro
 import pyro.distributions as dist
+import pyro.util
 import pytest
 import torch
 from pyro.infer.autoguide import AutoNormal
@@ -267,11 +268,12 @@ def test_global_latents_need_an_explicit_refit():
 def test_global_latents_refitted_per_simulation():
     """20 simulated data sets, q(θ) refitted to each from the same start: the ranks of θ are
     calibrated (q(θ) left at its start for every data set would rank θ at the ends), and the
-    param store is as before."""
+    param store and the random streams are as before."""
     model, guide = global_pair()
     x = torch.randn(10)
     guide(x)
     before = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
+    rng = pyro.util.get_rng_state()
     result = calibration(model, guide, x, num_simulations=20, num_draws=19, seed=0,
                          refit_steps=150, refit_lr=0.1)
     assert list(result.ranks.columns) == ["theta"] and result.ranks.shape == (20, 1)
@@ -281,6 +283,9 @@ def test_global_latents_refitted_per_simulation():
     assert ((ranks > 0) & (ranks < 19)).mean() > 0.7
     for name, value in pyro.get_param_store().items():
         torch.testing.assert_close(value.detach(), before[name])
+    after = pyro.util.get_rng_state()  # each refit reseeds; the caller's streams come back
+    assert after["random"] == rng["random"] and torch.equal(after["torch"], rng["torch"])
+    assert np.array_equal(after["numpy"][1], rng["numpy"][1])
 
 
 @pytest.mark.parametrize(
@@ -296,3 +301,10 @@ def test_bad_arguments(options, message):
     pair, x = ppca()
     with pytest.raises(PplVaeError, match=message):
         calibration(*pair, x, **options)
+
+
+def test_the_public_name_is_the_function_after_the_command_line_is_imported():
+    import ppl_vae
+    import ppl_vae.cli.diagnose  # noqa: F401  imports the module that defines it
+
+    assert ppl_vae.calibration is calibration and callable(ppl_vae.calibration)

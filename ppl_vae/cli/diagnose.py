@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 
 from .. import arviz_compat
-from ..calibration import calibration
 from ..dataset import as_dataset
 from ..diagnostic_figures import gap_figure
 from ..diagnostics import vi_diagnostics
 from ..errors import DataError, PairError
 from ..gap import inference_gap
 from ..inference_data import OBS_DIM, to_inference_data
-from ..runs import run_directory, versions, write_json
+from ..runs import check_output, run_directory, versions, write_json
+from ..sbc import calibration
 from .common import command_line, load_run
 
 OUTPUTS = (
@@ -98,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     for option in ("sbc_simulations", "gap_rows"):
         if getattr(args, option) < 0:
             raise DataError(f"--{option.replace('_', '-')} must be at least 0 (0 skips it)")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "diagnostics"
+    check_output(out, args.overwrite)  # refuses a taken OUT before the draws and fits
     inputs, summary = load_run(args.run_dir)
     split = args.split or ("test" if inputs.test is not None else "train")
     if split == "test" and inputs.test is None:
@@ -124,7 +126,6 @@ def run(args: argparse.Namespace) -> int:
     table = vi_diagnostics(model, guide, data, num_samples=args.khat_samples, seed=seed)
     sbc, sbc_report = _calibration(model, guide, data, args, seed)
     gap, gap_report = _gap(inputs.pair, data, args, seed)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "diagnostics"
     with run_directory(out, args.overwrite) as staging:
         arviz_compat.save(idata, staging / "posterior.nc")
         table.to_csv(staging / "khat.csv")

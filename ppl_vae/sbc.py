@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyro.util
 import torch
 from pyro import poutine
 
@@ -161,9 +162,13 @@ def calibration(
         global_sites = layout.global_latents()
         if global_sites:
             _check_refit(global_sites, refit_steps, num_simulations)
-            parts = [_refit_ranks(model, guide, dataset.to(device), num_draws,
-                                  derived_seed(seed, s), refit_steps, refit_lr)
-                     for s in range(num_simulations)]
+            rng = pyro.util.get_rng_state()  # each refit's fit(seed=...) reseeds them all
+            try:
+                parts = [_refit_ranks(model, guide, dataset.to(device), num_draws,
+                                      derived_seed(seed, s), refit_steps, refit_lr)
+                         for s in range(num_simulations)]
+            finally:
+                pyro.util.set_rng_state(rng)
         else:
             index = _template_rows(dataset.rows, num_simulations)
             parts = [_local_ranks(model, guide, dataset.take(chunk).to(device), num_draws)
