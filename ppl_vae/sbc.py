@@ -146,8 +146,12 @@ def calibration(
         model_kwargs: constant keyword arguments passed to model and guide with every call.
 
     Raises:
-        PairError: global latents without ``refit_steps``, an enumerated guide site, or an
-            observed site that does not observe a per-row argument as it is.
+        PairError: global latents without ``refit_steps``, or an observed site that does not
+            observe a per-row argument as it is.
+
+    A guide site marked for enumeration (``config_enumerate``) is drawn, as q is; a discrete
+    site the model sums out (marked there, absent from the guide) is simulated with the rest
+    of the model and not ranked: it is no part of q.
     """
     check_positive(num_simulations=num_simulations, num_draws=num_draws, batch_size=batch_size)
     check_seed(seed)
@@ -158,7 +162,6 @@ def calibration(
     device = param_io.device()
     with seeded(seed), torch.no_grad():
         layout = run_pair(model, guide, dataset.head(batch_size).to(device))
-        _check_drawable(layout)
         global_sites = layout.global_latents()
         if global_sites:
             _check_refit(global_sites, refit_steps, num_simulations)
@@ -184,16 +187,6 @@ def calibration(
         "refit_steps": refit_steps if global_sites else None,
     }
     return Calibration(ranks, tests, sites, settings)
-
-
-def _check_drawable(layout: PairTraces) -> None:
-    enumerated = [n for n, s in layout.guide.nodes.items()
-                  if s["type"] == "sample" and s["infer"].get("enumerate")]
-    if enumerated:
-        raise PairError(
-            f"the guide enumerates {enumerated} instead of drawing them; calibration ranks "
-            "draws of q, so sample those sites (drop infer={'enumerate': ...}) to calibrate"
-        )
 
 
 def _check_refit(global_sites: list[str], refit_steps: int | None, num_simulations: int) -> None:

@@ -13,6 +13,7 @@ import pyro.distributions as dist
 import pyro.util
 import pytest
 import torch
+from pyro.infer import config_enumerate
 from pyro.infer.autoguide import AutoNormal
 
 from models import linear_gaussian
@@ -213,6 +214,10 @@ def test_discrete_latent_ties_are_broken_at_random():
 
     assert (calibration(model, overconfident, torch.randn(100), seed=0).tests["verdict"]
             == TOO_NARROW).all()
+    # marked for enumeration (an 'enum' guide): q is still drawn from, and the verdicts hold
+    for marked, verdict in ((guide, CALIBRATED), (overconfident, TOO_NARROW)):
+        result = calibration(model, config_enumerate(marked), torch.randn(100), seed=0)
+        assert (result.tests["verdict"] == verdict).all(), result.tests
 
 
 def test_hierarchical_guide_that_does_not_broadcast():
