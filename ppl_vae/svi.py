@@ -167,13 +167,17 @@ def svi_step(elbo, optim, model, guide, x: Batch, group: distributed.World) -> t
 
     With several processes, gradients and loss are averaged over them first (by name order).
     """
-    with poutine.trace(param_only=True) as capture:
+    params = getattr(elbo, "params", None)  # a compiled ELBO knows its parameters
+    if params is None:
+        with poutine.trace(param_only=True) as capture:
+            loss = elbo.loss_and_grads(model, guide, *x.args, **x.kwargs)
+        nodes = capture.trace.nodes
+        # one tensor may sit under two names (AutoIAFNormal's _prototype_tensor): step it once,
+        # as Pyro's SVI does with its set of parameters
+        unique = {id(p): p for p in (nodes[n]["value"].unconstrained() for n in sorted(nodes))}
+        params = list(unique.values())
+    else:
         loss = elbo.loss_and_grads(model, guide, *x.args, **x.kwargs)
-    nodes = capture.trace.nodes
-    # one tensor may sit under two names (AutoIAFNormal's _prototype_tensor): step it once,
-    # as Pyro's SVI does with its set of parameters
-    unique = {id(p): p for p in (nodes[name]["value"].unconstrained() for name in sorted(nodes))}
-    params = list(unique.values())
     if group.size > 1:
         loss = distributed.average_gradients(params, loss)
     grads = [p.grad for p in params if p.grad is not None]
