@@ -5,16 +5,20 @@ and the model, records their traces, computes the log-densities and sums them, a
 For a pair whose structure does not change between steps (the same sites, distributions,
 shapes and control flow on every minibatch) that Python work produces the same sequence of
 tensor operations every time. :func:`compile_elbo` records that sequence once
-(``torch.fx.experimental.proxy_tensor.make_fx``: every ATen operation of one run of
-``_loss``, with the parameters in Pyro's param store and the minibatch's tensors as the
-graph's inputs) and compiles it with ``torch.compile`` (TorchInductor by default), which also
-derives the backward pass (AOTAutograd). A step then calls one compiled function of
-(parameters, minibatch) that returns the loss and the surrogate loss whose gradient is the
-ELBO's (Trace_ELBO: Kingma & Welling 2014; Ranganath et al. 2014 for score-function sites):
+(``torch.fx.experimental.proxy_tensor.make_fx``: every ATen operation of one run of the
+ELBO's loss and of the backward pass of its surrogate, with the parameters in Pyro's param
+store and the minibatch's tensors as the graph's inputs) and compiles it with
+``torch.compile`` (TorchInductor by default). A step then calls one compiled function of
+(parameters, minibatch) that returns the loss and the gradients of the surrogate loss, which
+are the ELBO's (Trace_ELBO: Kingma & Welling 2014; Ranganath et al. 2014 for score-function
+sites), without Pyro's handlers or torch's autograd engine running:
 
 .. math::
     \mathrm{loss} = -\big[\textstyle\sum_{\text{model}} \log p - \sum_{\text{guide}} \log q\big],
     \qquad \nabla\,\mathrm{surrogate} = -\nabla\,\mathrm{ELBO}.
+
+The optimizer step stays outside the graph (``fit``'s ``ForeachAdam`` or the user's), so
+optimizer state and checkpoints are those of the eager run.
 
 The random draws stay in the graph as ATen random operations on torch's global generator
 (Inductor's ``fallback_random``), so a compiled step draws exactly the noise the eager step
@@ -95,14 +99,15 @@ class CompiledELBO:
 
     ``loss_and_grads(model, guide, *args, **kwargs)`` has the meaning of the ELBO's: it
     returns the loss (a float) and leaves the surrogate's gradients in ``.grad`` of
-    :attr:`params` (the store's live unconstrained tensors, the ones a step updates).
+    :attr:`params` (the store's live unconstrained tensors, the ones a step updates; those
+    the loss does not depend on, not in :attr:`trained`, keep ``.grad`` None).
     ``compile_s`` is the time that tracing and compiling took, forward and backward.
     """
 
-    def __init__(self, function: Callable, params: list[torch.Tensor], signature: tuple,
-                 compile_s: float):
-        self.function, self.params, self.signature = function, params, signature
-        self.compile_s = compile_s
+    def __init__(self, function: Callable, params: list[torch.Tensor],
+                 trained: list[torch.Tensor], signature: tuple, compile_s: float):
+        self.function, self.params, self.trained = function, params, trained
+        self.signature, self.compile_s = signature, compile_s
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         tensors, signature = _split(args, kwargs)
@@ -111,10 +116,11 @@ class CompiledELBO:
                 "the compiled step was traced for minibatches of another shape, dtype or "
                 "constant arguments; keep every minibatch alike or drop compile=True"
             )
-        loss, surrogate = self.function(*self.params, *tensors)
-        if surrogate.requires_grad:
-            surrogate.backward()
-        return float(loss.detach())
+        with torch.no_grad():  # the graph computes the gradients itself
+            loss, *grads = self.function(*self.params, *tensors)
+        for p, grad in zip(self.trained, grads, strict=True):
+            p.grad = grad
+        return float(loss)
 
 
 def compile_elbo(elbo: pyro.infer.ELBO, model, guide, x: Batch, backend: str = "inductor",
@@ -136,11 +142,10 @@ def compile_elbo(elbo: pyro.infer.ELBO, model, guide, x: Batch, backend: str = "
         params = list({id(p): p for p in (store[n].unconstrained() for n in names)}.values())
         tensors, signature = _split(x.args, x.kwargs)
         try:
-            graph = _trace(elbo, model, guide, x, params, tensors, names)
+            graph, trained = _trace(elbo, model, guide, x, params, tensors, names)
             function = _compiled(graph, backend)
-            loss, surrogate = function(*params, *tensors)  # compiles forward ...
-            if surrogate.requires_grad:
-                surrogate.backward()  # ... and backward
+            with torch.no_grad():
+                function(*params, *tensors)  # compiles
         except PplVaeError as e:
             _fall_back(str(e))
             return None
@@ -150,7 +155,7 @@ def compile_elbo(elbo: pyro.infer.ELBO, model, guide, x: Batch, backend: str = "
         finally:
             for p in params:
                 p.grad = None
-    return CompiledELBO(function, params, signature, time.perf_counter() - started)
+    return CompiledELBO(function, params, trained, signature, time.perf_counter() - started)
 
 
 def _loss(elbo: pyro.infer.ELBO, model, guide, args, kwargs):
@@ -171,20 +176,27 @@ def _param_names(elbo, model, guide, x: Batch) -> list[str]:
     return sorted(capture.trace.nodes)
 
 
-def _trace(elbo, model, guide, x: Batch, params, tensors, names) -> torch.fx.GraphModule:
-    """The graph of one run of the loss, inputs (params, minibatch tensors)."""
+def _trace(elbo, model, guide, x: Batch, params, tensors, names):
+    """The graph of one run of the loss and its gradients, inputs (params, minibatch tensors),
+    outputs (loss, the gradient of each parameter that has one); and those parameters."""
     spec = pytree.tree_structure((x.args, x.kwargs))
     leaves = pytree.tree_leaves((x.args, x.kwargs))
+    trained = []
 
-    def loss(*inputs):
+    def loss_and_grads(*inputs):
         batch = iter(inputs[len(params):])
         flat = [next(batch) if isinstance(v, torch.Tensor) else v for v in leaves]
         args, kwargs = pytree.tree_unflatten(flat, spec)
-        return _loss(elbo, model, guide, args, kwargs)
+        loss, surrogate = _loss(elbo, model, guide, args, kwargs)
+        grads = [None] * len(params)
+        if surrogate.requires_grad:
+            grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+        trained[:] = [p for p, g in zip(params, grads, strict=True) if g is not None]
+        return loss.detach(), *(g for g in grads if g is not None)
 
     with poutine.trace(param_only=True) as capture, _tensor_items(elbo):
         try:
-            graph = make_fx(loss)(*params, *tensors)
+            graph = make_fx(loss_and_grads)(*params, *tensors)
         except RuntimeError as e:
             if "_local_scalar_dense" not in str(e):
                 raise
@@ -195,7 +207,7 @@ def _trace(elbo, model, guide, x: Batch, params, tensors, names) -> torch.fx.Gra
     if sorted(capture.trace.nodes) != names:
         raise PairError("the pair reads other parameters on other runs")
     _check_mutations(graph)
-    return graph
+    return graph, trained
 
 
 def _check_mutations(graph: torch.fx.GraphModule) -> None:
