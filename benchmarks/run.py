@@ -76,8 +76,8 @@ def machine() -> str:
     import pyro
 
     built = torch.__config__.show()
-    blas = [part.strip() for part in built.replace(",", "\n").splitlines()
-            if part.strip().startswith(("BLAS_INFO", "CPU capability"))]
+    parts = [part.strip(" -") for part in built.replace(",", "\n").splitlines()]
+    blas = [part.split(": ")[-1] for part in parts if "BLAS_INFO" in part or "capability" in part]
     peers = numpyro_vae.backend() if numpyro_vae.available() else "numpyro not installed"
     return (
         f"{cpu}, {os.cpu_count()} cores, load average {load} at the start; "
@@ -87,10 +87,11 @@ def machine() -> str:
     )
 
 
-def pin(cpu: int | None) -> set[int]:
-    """Pin this process (and the processes it starts) to ``cpu``; returns the previous set."""
+def pin(cpu: int) -> set[int]:
+    """Pin this thread (and the threads and processes it starts) to ``cpu``; returns the
+    CPUs it could use before."""
     before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu} if cpu is not None else before)
+    os.sched_setaffinity(0, {cpu})
     return before
 
 
@@ -176,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the CPU every timed process runs on (default: the last one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    # pinned before anything starts threads (XLA's thread pool starts with jax's first use):
+    # a thread keeps the affinity it started with
+    unpinned = pin(args.cpu)
     settings = {
         section: {name: values[args.full] for name, values in options.items()}
         for section, options in SETTINGS.items()
@@ -187,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"`{command}` on {machine()}; timed processes pinned to CPU {args.cpu}", ""]
     for section in args.only:
         print(f"== {section}", file=sys.stderr)
-        before = pin(None if section in UNPINNED else args.cpu)
+        os.sched_setaffinity(0, unpinned if section in UNPINNED else {args.cpu})
         frames = RUNNERS[section](settings[section])
-        os.sched_setaffinity(0, before)
         for name, frame in frames.items():
             frame.to_csv(RESULTS / f"{name}.csv", index=False)
             lines += [f"### {name}", "", markdown(frame), ""]

@@ -60,6 +60,7 @@ def plot(table: pd.DataFrame, path: Path) -> None:
     for panel, axis in zip(panels, AXES, strict=True):
         for name in CONTENDERS:
             rows = table[(table["axis"] == axis) & (table["contender"] == name)]
+            rows = rows.sort_values("value")
             median = rows["steps_s_median"]
             spread = [median - rows["steps_s_min"], rows["steps_s_max"] - median]
             panel.errorbar(rows["value"], median, yerr=spread, marker="o", capsize=2, label=name)
