@@ -134,9 +134,9 @@ def memory(n: int) -> pd.DataFrame:
 
 def run_scaling(settings: dict) -> dict[str, pd.DataFrame]:
     timings = scaling.measure(settings["steps"], settings["repeats"])
-    table = scaling.summary(timings)
-    scaling.plot(table, FIGURE)
-    return {"scaling": timings, "scaling_speeds": table}
+    scaling.plot(timings, FIGURE)
+    return {"scaling": timings, "scaling_speeds": scaling.summary(timings),
+            "scaling_ratios": scaling.relative(timings)}
 
 
 def run_profile(settings: dict) -> dict[str, pd.DataFrame]:

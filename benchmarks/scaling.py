@@ -49,25 +49,43 @@ def summary(timings: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(["median", "min", "max"]).add_prefix("steps_s_").reset_index()
 
 
-def plot(table: pd.DataFrame, path: Path) -> None:
-    """One panel per axis: median steps/s (min–max bars) of each contender, log scales."""
+def relative(timings: pd.DataFrame, to: str = "torch") -> pd.DataFrame:
+    """Per axis value and contender: steps/s over ``to``'s in the same repeat, median (min,
+    max): the ratios a shared machine's changing load cancels out of."""
+    wide = timings.pivot_table(index=["axis", "value", "repeat"], columns="contender",
+                               values="steps_s")
+    ratios = wide.div(wide[to], axis=0).stack().rename("ratio").reset_index()
+    grouped = ratios.groupby(["axis", "value", "contender"])["ratio"]
+    return grouped.agg(["median", "min", "max"]).add_prefix("steps_s_").reset_index()
+
+
+def plot(timings: pd.DataFrame, path: Path) -> None:
+    """Per axis, steps/s (top) and steps/s over hand-written torch's in the same repeat
+    (bottom): medians with min–max bars, log scales."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    figure, panels = plt.subplots(1, len(AXES), figsize=(4.2 * len(AXES), 3.6))
-    for panel, axis in zip(panels, AXES, strict=True):
-        for name in CONTENDERS:
-            rows = table[(table["axis"] == axis) & (table["contender"] == name)]
-            rows = rows.sort_values("value")
-            median = rows["steps_s_median"]
-            spread = [median - rows["steps_s_min"], rows["steps_s_max"] - median]
-            panel.errorbar(rows["value"], median, yerr=spread, marker="o", capsize=2, label=name)
-        panel.set(xscale="log", yscale="log", xlabel=axis, ylabel="steps/s")
-        panel.set_xticks(AXES[axis][1], [str(v) for v in AXES[axis][1]])
-        panel.grid(alpha=0.3)
-    panels[0].legend(fontsize="small")
+    figure, panels = plt.subplots(2, len(AXES), figsize=(4.2 * len(AXES), 6.6), sharex="col")
+    for row, (table, label) in enumerate(((summary(timings), "steps/s"),
+                                          (relative(timings), "steps/s over torch's"))):
+        for panel, axis in zip(panels[row], AXES, strict=True):
+            for name in CONTENDERS:
+                rows = table[(table["axis"] == axis) & (table["contender"] == name)]
+                rows = rows.sort_values("value")
+                median = rows["steps_s_median"]
+                spread = [median - rows["steps_s_min"], rows["steps_s_max"] - median]
+                panel.errorbar(rows["value"], median, yerr=spread, marker="o", capsize=2,
+                               label=name)
+            panel.set(xscale="log", yscale="log", ylabel=label)
+            panel.set_xticks(AXES[axis][1], [str(v) for v in AXES[axis][1]])
+            panel.xaxis.set_minor_formatter(NullFormatter())
+            panel.grid(alpha=0.3)
+            if row:
+                panel.set_xlabel(axis)
+    panels[0][0].legend(fontsize="small")
     figure.suptitle("digits VAE (64-128-8, batch 128, sampled ELBO), one core", fontsize="medium")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
