@@ -3,10 +3,13 @@
 Sections (each writes ``benchmarks/results/SECTION*.csv``; all print markdown tables, also
 written to ``benchmarks/results/tables.md``, or ``tables-SECTION.md`` with ``--only``):
 
-- ``steps``: training steps/s of hand-written PyTorch, bare Pyro (eager and JIT) and
-  ``ppl_vae.fit``, both estimators, digits-size and MNIST-size models, interleaved repeats,
-  ratios with min/median/max (``steps.csv``, ``steps_ratios.csv``) and peak RSS per
-  contender in a fresh process (``memory.csv``);
+- ``steps``: training steps/s of NumPyro (where the ``bench`` extra is installed),
+  hand-written PyTorch (eager and ``torch.compile``), bare Pyro (eager and JIT) and
+  ``ppl_vae.fit`` (eager, ``jit=True``, ``compile=True``), both estimators, digits-size and
+  MNIST-size models, interleaved repeats, ratios with min/median/max (``steps.csv``,
+  ``steps_ratios.csv``) and peak RSS per contender in a fresh process (``memory.csv``);
+- ``scaling``: steps/s against batch size, latent size and number of latent sites
+  (``scaling.csv``; the figure ``docs/figures/scaling.png``);
 - ``profile``: where a ``fit`` step's time goes (cProfile, digits-size model);
 - ``vectorized``: ``log_likelihood`` (K = 1000, digits test split) and the gradient draws of
   the gradient-variance measurement against naive per-sample loops;
@@ -15,8 +18,10 @@ written to ``benchmarks/results/tables.md``, or ``tables-SECTION.md`` with ``--o
 - ``dataparallel``: 1 against 2 processes under torchrun (gloo), MNIST-size model.
 
 The quick default takes a few minutes on 2 cores; ``--full`` runs more steps and repeats.
-Every process runs PyTorch on one thread (``torch.set_num_threads(1)``) so that timings do
-not depend on how many cores other work leaves free.
+Every process runs PyTorch on one thread (``torch.set_num_threads(1)``; XLA likewise) and,
+but for ``dataparallel``, is pinned to one CPU (``--cpu``, default the last one this process
+may use), so that no library uses more cores than another and timings do not depend on how
+many cores other work leaves free.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import dataparallel, memmap, steps, vectorized
+from . import dataparallel, memmap, numpyro_vae, scaling, steps, vectorized
 from .profile import profile
 from .rss import peak_rss_mib
 from .tables import markdown
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("steps", "profile", "vectorized", "memmap", "dataparallel")
+SECTIONS = ("steps", "scaling", "profile", "vectorized", "memmap", "dataparallel")
+UNPINNED = ("dataparallel",)  # runs several processes, one core each
+FIGURE = Path(__file__).parent.parent / "docs" / "figures" / "scaling.png"
 
 # section -> setting -> (quick value, --full value)
 SETTINGS = {
@@ -46,6 +53,7 @@ SETTINGS = {
         "repeats": (3, 5),
         "memory_steps": (50, 200),
     },
+    "scaling": {"steps": (100, 300), "repeats": (3, 3)},
     "profile": {"steps": (400, 1000)},
     "vectorized": {"repeats": (3, 5)},
     "memmap": {"gigabytes": (4.0, 4.0), "steps": (200, 1000)},
@@ -67,14 +75,30 @@ def machine() -> str:
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     import pyro
 
+    built = torch.__config__.show()
+    parts = [part.strip(" -") for part in built.replace(",", "\n").splitlines()]
+    blas = [part.split(": ")[-1] for part in parts if "BLAS_INFO" in part or "capability" in part]
+    peers = numpyro_vae.backend() if numpyro_vae.available() else "numpyro not installed"
     return (
         f"{cpu}, {os.cpu_count()} cores, load average {load} at the start; "
-        f"Python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}; "
-        f"torch threads per process: 1; CUDA: {'yes' if torch.cuda.is_available() else 'none'}"
+        f"Python {platform.python_version()}, torch {torch.__version__} ({'; '.join(blas)}), "
+        f"pyro {pyro.__version__}, {peers}; torch threads per process: 1; "
+        f"CUDA: {'yes' if torch.cuda.is_available() else 'none'}"
     )
 
 
+def pin(cpu: int) -> set[int]:
+    """Pin this thread (and the threads and processes it starts) to ``cpu``; returns the
+    CPUs it could use before."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    return before
+
+
 def run_steps(settings: dict) -> dict[str, pd.DataFrame]:
+    if not numpyro_vae.available():
+        print("steps: numpyro is not installed, so the NumPyro contender is skipped "
+              "(make bench-peers installs the bench extra and runs it)", file=sys.stderr)
     timings = []
     for config in steps.CONFIGS:
         n = settings["digits" if config.x_dim == 64 else "mnist"]
@@ -108,8 +132,17 @@ def memory(n: int) -> pd.DataFrame:
     return frame
 
 
+def run_scaling(settings: dict) -> dict[str, pd.DataFrame]:
+    timings = scaling.measure(settings["steps"], settings["repeats"])
+    scaling.plot(timings, FIGURE)
+    return {"scaling": timings, "scaling_speeds": scaling.summary(timings),
+            "scaling_ratios": scaling.relative(timings)}
+
+
 def run_profile(settings: dict) -> dict[str, pd.DataFrame]:
-    return {f"profile_{e}": profile(settings["steps"], e) for e in ("sampled", "analytic")}
+    runs = [(e, c) for c in (False, True) for e in ("sampled", "analytic")]
+    return {f"profile_{e}{'_compiled' if c else ''}": profile(settings["steps"], e, c)
+            for e, c in runs}
 
 
 def run_vectorized(settings: dict) -> dict[str, pd.DataFrame]:
@@ -128,6 +161,7 @@ def run_dataparallel(settings: dict) -> dict[str, pd.DataFrame]:
 
 RUNNERS = {
     "steps": run_steps,
+    "scaling": run_scaling,
     "profile": run_profile,
     "vectorized": run_vectorized,
     "memmap": run_memmap,
@@ -139,8 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument("--full", action="store_true", help="more steps and repeats")
     parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--cpu", type=int, default=max(os.sched_getaffinity(0)),
+                        help="the CPU every timed process runs on (default: the last one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    # pinned before anything starts threads (XLA's thread pool starts with jax's first use):
+    # a thread keeps the affinity it started with
+    unpinned = pin(args.cpu)
     settings = {
         section: {name: values[args.full] for name, values in options.items()}
         for section, options in SETTINGS.items()
@@ -149,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only != list(SECTIONS):
         command += " --only " + " ".join(args.only)
     RESULTS.mkdir(exist_ok=True)
-    lines = [f"`{command}` on {machine()}", ""]
+    lines = [f"`{command}` on {machine()}; timed processes pinned to CPU {args.cpu}", ""]
     for section in args.only:
         print(f"== {section}", file=sys.stderr)
-        for name, frame in RUNNERS[section](settings[section]).items():
+        os.sched_setaffinity(0, unpinned if section in UNPINNED else {args.cpu})
+        frames = RUNNERS[section](settings[section])
+        for name, frame in frames.items():
             frame.to_csv(RESULTS / f"{name}.csv", index=False)
             lines += [f"### {name}", "", markdown(frame), ""]
     text = "\n".join(lines)

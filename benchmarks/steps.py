@@ -1,18 +1,22 @@
-r"""Training steps per second: hand-written PyTorch, bare Pyro ``SVI.step``, ``ppl_vae.fit``.
+r"""Training steps per second: NumPyro, hand-written PyTorch, bare Pyro, ``ppl_vae.fit``.
 
-All three train the same Bernoulli VAE (``models/bernoulli_vae.py``: MLP encoder and decoder,
-N(0, I) prior) from the same initial weights, on the same minibatches in the same order, with
-Adam at the same learning rate, one reparameterized particle per step:
+All train the same Bernoulli VAE (``models/bernoulli_vae.py``: MLP encoder and decoder,
+N(0, I) prior) from the same initial weights (NumPyro: its own), on the same minibatches in
+the same order, with Adam at the same learning rate, one reparameterized particle per step,
+each step's loss read as a number:
 
 - ``torch``: the loss written by hand, :math:`-\sum_n \log p(x_n|z_n) + \mathrm{KL}_n` with
   :math:`z_n = \mu_n + \sigma_n\epsilon_n`; KL in closed form (``analytic``,
   Kingma & Welling 2014, appendix B) or :math:`\log q(z_n|x_n) - \log p(z_n)` (``sampled``);
-  one ``torch.optim.Adam`` over all parameters.
+  one ``torch.optim.Adam`` over all parameters; ``torch_compiled``: the same loss function
+  under ``torch.compile`` (TorchInductor).
+- ``numpyro``: NumPyro's jitted ``SVI.update`` (``benchmarks/numpyro_vae.py``), where the
+  ``bench`` extra is installed.
 - ``pyro``: ``SVI(model, guide, pyro.optim.Adam, Trace_ELBO() | TraceMeanField_ELBO())`` and
   ``svi.step(batch)`` over pre-sliced batches: what a Pyro user writes.
 - ``pyro_jit``: the same with ``JitTrace_ELBO`` / ``JitTraceMeanField_ELBO``.
 - ``ppl_vae``: one ``ppl_vae.fit(...)`` call; ``ppl_vae_jit``: the same with ``jit=True``
-  (sampled estimator only).
+  (sampled estimator only); ``ppl_vae_compiled``: with ``compile=True``.
 - Ablations of ``fit``'s defaults: ``ppl_vae_validated`` (``validate_every_step=True``: Pyro's
   validation on every step, as bare Pyro runs) and ``ppl_vae_pyro_adam``
   (``optim=pyro.optim.Adam``: one ``torch.optim.Adam`` per parameter instead of
@@ -40,8 +44,12 @@ import torch.nn.functional as F
 
 import ppl_vae
 
-CONTENDERS = ("torch", "pyro", "pyro_jit", "ppl_vae", "ppl_vae_validated", "ppl_vae_pyro_adam")
-ABLATIONS = ("ppl_vae_validated", "ppl_vae_pyro_adam")  # not run for the memory table
+from . import numpyro_vae
+
+CONTENDERS = ("torch", "torch_compiled", "pyro", "pyro_jit", "ppl_vae", "ppl_vae_compiled",
+              "ppl_vae_validated", "ppl_vae_pyro_adam")
+# not run for the memory table: the same tensors as another contender, or another library
+ABLATIONS = ("ppl_vae_validated", "ppl_vae_pyro_adam", "torch_compiled", "numpyro")
 PYRO_ELBOS = {  # bare Pyro's own classes, eager and compiled
     False: {"sampled": pyro.infer.Trace_ELBO, "analytic": pyro.infer.TraceMeanField_ELBO},
     True: {"sampled": pyro.infer.JitTrace_ELBO, "analytic": pyro.infer.JitTraceMeanField_ELBO},
@@ -59,6 +67,7 @@ class Config:
     z_dim: int
     batch_size: int = 128
     rows: int = 1408
+    sites: int = 1  # the latent vector split into this many sample sites (of equal size)
 
 
 CONFIGS = (
@@ -93,28 +102,63 @@ def batches_for(data: torch.Tensor, batch_size: int, steps: int, seed: int) -> l
 def fresh_pair(config: Config) -> ppl_vae.ModelGuidePair:
     pyro.clear_param_store()
     torch.manual_seed(0)
-    return ppl_vae.load_pair(
+    pair = ppl_vae.load_pair(
         "models/bernoulli_vae.py", x_dim=config.x_dim, z_dim=config.z_dim, hidden=config.hidden
     )
+    return pair if config.sites == 1 else split_sites(pair, config.sites)
 
 
-def run_torch(pair, batches, estimator: str, seed: int = 0) -> float:
-    """Train; returns the clock after the first step (compilation and lazy set-up done)."""
+def split_sites(pair: ppl_vae.ModelGuidePair, sites: int) -> ppl_vae.ModelGuidePair:
+    """The same VAE with its latent vector sampled as ``sites`` sites ``z0``, ``z1``, ... of
+    equal size: the same ELBO, ``sites`` times the tracing work per step."""
+    encoder, decoder = pair.modules
+    size = encoder.loc.out_features // sites
+    parts = [slice(k * size, (k + 1) * size) for k in range(sites)]
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            prior = pyro.distributions.Normal(x.new_zeros(size), x.new_ones(size)).to_event(1)
+            z = [pyro.sample(f"z{k}", prior) for k in range(sites)]
+            logits = decoder(torch.cat(z, dim=-1))
+            pyro.sample("x", pyro.distributions.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = encoder(x)
+            for k, part in enumerate(parts):
+                pyro.sample(f"z{k}", pyro.distributions.Normal(loc[:, part], scale[:, part])
+                            .to_event(1))
+
+    return ppl_vae.ModelGuidePair(model, guide, name=f"{sites}_sites", modules=pair.modules,
+                                  x_dim=pair.x_dim, binary=True)
+
+
+def torch_loss(encoder, decoder, x: torch.Tensor, estimator: str) -> torch.Tensor:
+    """The negative ELBO of the minibatch, written by hand (one reparameterized draw)."""
+    loc, scale = encoder(x)
+    z = loc + scale * torch.randn_like(loc)
+    reconstruction = -F.binary_cross_entropy_with_logits(decoder(z), x, reduction="sum")
+    if estimator == "analytic":
+        kl = 0.5 * (loc**2 + scale**2 - 1.0).sum() - scale.log().sum()
+    else:
+        eps = (z - loc) / scale
+        kl = (0.5 * (z**2 - eps**2) - scale.log()).sum()
+    return kl - reconstruction
+
+
+def run_torch(pair, batches, estimator: str, seed: int = 0, compiled: bool = False) -> float:
+    """Train (``compiled``: the loss under ``torch.compile``, TorchInductor); returns the
+    clock after the first step (compilation and lazy set-up done)."""
     encoder, decoder = pair.modules
     params = [*encoder.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=LR)
     torch.manual_seed(seed)
+    loss_of = torch.compile(torch_loss) if compiled else torch_loss
     first = math.nan
     for x in batches:
-        loc, scale = encoder(x)
-        z = loc + scale * torch.randn_like(loc)
-        reconstruction = -F.binary_cross_entropy_with_logits(decoder(z), x, reduction="sum")
-        if estimator == "analytic":
-            kl = 0.5 * (loc**2 + scale**2 - 1.0).sum() - scale.log().sum()
-        else:
-            eps = (z - loc) / scale
-            kl = (0.5 * (z**2 - eps**2) - scale.log()).sum()
-        loss = kl - reconstruction
+        loss = loss_of(encoder, decoder, x, estimator)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -161,23 +205,30 @@ def fit_options(name: str) -> dict:
     return {
         "ppl_vae": {},
         "ppl_vae_jit": {"jit": True},
+        "ppl_vae_compiled": {"compile": True},
         "ppl_vae_validated": {"validate_every_step": True},
         "ppl_vae_pyro_adam": {"optim": pyro.optim.Adam({"lr": LR})},
     }[name]
 
 
 def contenders(estimator: str) -> tuple[str, ...]:
-    """``ppl_vae_jit`` (``fit(jit=True)``) exists for the sampled estimator only."""
-    return CONTENDERS + (("ppl_vae_jit",) if ppl_vae.ESTIMATORS[estimator].jit else ())
+    """``ppl_vae_jit`` (``fit(jit=True)``) exists for the sampled estimator only; ``numpyro``
+    runs where the ``bench`` extra is installed."""
+    jit = ("ppl_vae_jit",) if ppl_vae.ESTIMATORS[estimator].jit else ()
+    return CONTENDERS + jit + (("numpyro",) if numpyro_vae.available() else ())
 
 
 def time_contender(name: str, config: Config, estimator: str, data, batches) -> tuple[float, float]:
     """Seconds for ``len(batches)`` steps of contender ``name`` from a fresh pair: in all, and
     for the steps after the first (no set-up, compilation or first-call costs)."""
     pair = fresh_pair(config)
+    torch._dynamo.reset()  # a fresh compilation per run (Dynamo stops recompiling after 8)
     started = time.perf_counter()
-    if name == "torch":
-        first = run_torch(pair, batches, estimator)
+    if name in ("torch", "torch_compiled"):
+        first = run_torch(pair, batches, estimator, compiled=name == "torch_compiled")
+    elif name == "numpyro":
+        arrays = [x.numpy() for x in batches]
+        first = numpyro_vae.run(config.x_dim, config.hidden, config.z_dim, arrays, estimator)
     elif name in ("pyro", "pyro_jit"):
         first = run_pyro(pair, batches, estimator, jit=name == "pyro_jit")
     else:
@@ -217,6 +268,13 @@ def measure(config: Config, estimator: str, steps: int, repeats: int) -> pd.Data
 RATIOS = (
     ("ppl_vae", "pyro"),
     ("ppl_vae", "torch"),
+    ("ppl_vae_compiled", "torch"),
+    ("ppl_vae_compiled", "numpyro"),
+    ("ppl_vae", "numpyro"),
+    ("ppl_vae_compiled", "ppl_vae"),
+    ("ppl_vae_compiled", "torch_compiled"),
+    ("torch_compiled", "torch"),
+    ("numpyro", "torch"),
     ("pyro", "torch"),
     ("ppl_vae_validated", "ppl_vae"),
     ("ppl_vae_pyro_adam", "ppl_vae"),

@@ -12,6 +12,7 @@ import importlib
 # so that `ppl-vae` can catch a Ctrl-C while torch and Pyro load
 _HOME = {
     "arviz_compat": None, "nets": None, "optim": None,
+    "Calibration": "sbc", "calibration": "sbc",
     "Comparison": "comparison", "ComparisonSettings": "comparison",
     "compare_estimators": "comparison",
     "load_data": "data", "train_test_split": "data",
@@ -20,6 +21,7 @@ _HOME = {
     "NumericalError": "errors", "OutputError": "errors", "PairError": "errors",
     "PplVaeError": "errors",
     "ESTIMATORS": "estimators", "Estimator": "estimators",
+    "inference_gap": "gap",
     "evaluate": "evaluation", "importance_log_weights": "evaluation",
     "log_likelihood": "evaluation",
     "to_inference_data": "inference_data",
@@ -54,6 +56,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "arviz_compat",
+    "Calibration",
+    "calibration",
     "CheckpointError",
     "compare_estimators",
     "compare_posteriors",
@@ -68,6 +72,7 @@ __all__ = [
     "FitResult",
     "gradient_variance",
     "importance_log_weights",
+    "inference_gap",
     "KLFallbackWarning",
     "load_data",
     "load_pair",

@@ -22,8 +22,10 @@ parameters, and these are measured (definitions in docs/estimators.md):
    with its Monte Carlo standard error)
    and the importance-sampled log-likelihood (IWAE bound, K = ``ll_samples``; Burda et al.
    2016) per datapoint; with ``exact_log_likelihood`` also the exact log p(x) and the true gap
-   log p(x) − ELBO = KL(q(z|x) ‖ p(z|x)). Differences to the first estimator are paired by
-   seed, with a 95% Student-t interval over seeds.
+   log p(x) − ELBO = KL(q(z|x) ‖ p(z|x)); and on the first ``gap_rows`` held-out rows its split
+   into the amortization and approximation gaps (:func:`~ppl_vae.inference_gap`; Cremer et
+   al. 2018). Differences to the first estimator are paired by seed, with a 95% Student-t
+   interval over seeds.
 6. *Sites*: which latent sites got a closed-form KL under each estimator.
 
 Besides ``"sampled"`` and ``"analytic"``, the optional rows ``"stl"`` and ``"iwae"`` (K =
@@ -159,6 +161,10 @@ class ComparisonSettings:
         num_checkpoints: checkpoints after initialization, log-spaced up to ``num_steps``.
         num_evals, eval_particles: held-out ELBO at this many steps, with this many particles.
         final_particles, ll_samples: particles of the final held-out ELBO and IWAE bound.
+        gap_rows, gap_steps: the amortization and approximation gaps
+            (:func:`~ppl_vae.inference_gap`) of each final run on the first ``gap_rows``
+            held-out rows (0 skips them), with ``gap_steps`` steps of the per-datapoint
+            optimization.
         device: where training runs.
         progress: show one bar over all runs' steps.
     """
@@ -175,6 +181,8 @@ class ComparisonSettings:
     eval_particles: int = 10
     final_particles: int = 100
     ll_samples: int = 1000
+    gap_rows: int = 100
+    gap_steps: int = 300
     device: str = "cpu"
     progress: bool = False
 
@@ -188,7 +196,8 @@ class ComparisonSettings:
         object.__setattr__(self, "estimators", estimators)
         object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
         least = dict(num_steps=1, batch_size=1, num_draws=2, iwae_particles=2, num_checkpoints=0,
-                     num_evals=1, eval_particles=1, final_particles=2, ll_samples=1)
+                     num_evals=1, eval_particles=1, final_particles=2, ll_samples=1,
+                     gap_rows=0, gap_steps=1)
         for name, bound in least.items():
             if getattr(self, name) is not None or name != "batch_size":
                 check_integers(bound, **{name: getattr(self, name)})
@@ -223,6 +232,8 @@ class ComparisonSettings:
             "eval_particles": self.eval_particles,
             "final_particles": self.final_particles,
             "ll_samples": self.ll_samples,
+            "gap_rows": self.gap_rows,
+            "gap_steps": self.gap_steps,
             "device": self.device,
         }
 
@@ -282,6 +293,7 @@ def compare_estimators(
             "train_rows": dataset.rows,
             "eval_rows": held_out.rows,
             "exact": exact_log_likelihood is not None,
+            "gap_skipped": next((r.gap_skipped for r in records if r.gap_skipped), None),
             "versions": versions(),
         },
     )

@@ -101,6 +101,11 @@ class Dataset:
     def head(self, rows: int) -> Batch:
         return self.take(torch.arange(min(rows, self.rows)))
 
+    def first(self, rows: int) -> Dataset:
+        """The first ``rows`` rows (all when there are fewer), as a data set of tensors."""
+        batch = self.head(rows)
+        return Dataset(batch.args, {k: batch.kwargs[k] for k in batch.per_row}, self.extras)
+
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """Contiguous row batches in order."""
         for start in range(0, self.rows, batch_size):

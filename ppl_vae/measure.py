@@ -23,8 +23,10 @@ from tqdm.auto import tqdm
 
 from . import params as param_io
 from .dataset import Batch, Dataset
+from .errors import PairError
 from .estimators import get
 from .evaluation import evaluate, log_likelihood
+from .gap import inference_gap
 from .kl import KLFallbackWarning
 from .rng import derived_seed
 from .traces import run_pair
@@ -44,6 +46,7 @@ class RunRecord:
     test_elbo: dict[int, float] = field(default_factory=dict)
     history: pd.DataFrame | None = None
     sites: pd.DataFrame | None = None
+    gap_skipped: str | None = None  # why the gap split was not measured
 
 
 def measure_runs(
@@ -203,7 +206,30 @@ class _Run:
             with torch.no_grad():
                 exact_ll = float(exact(x.single).mean())
             final |= {"exact_log_likelihood": exact_ll, "gap": exact_ll - elbo}
+        if self.settings.gap_rows:
+            final |= self._gap_split(x, exact, seed)
         self.record.final = final
+
+    def _gap_split(self, held_out: Dataset, exact, seed: int) -> dict[str, float]:
+        """The amortization and approximation gaps, mean per datapoint over the first
+        ``gap_rows`` held-out rows (:func:`~ppl_vae.inference_gap`), with their Monte Carlo
+        standard errors; nothing when the pair has no such split (the reason is kept)."""
+        rows = held_out.first(self.settings.gap_rows)
+        try:
+            gap = inference_gap(self.model, self.guide, rows, num_steps=self.settings.gap_steps,
+                                seed=seed, exact_log_likelihood=exact if rows.single is not None
+                                else None)
+        except PairError as e:
+            self.record.gap_skipped = str(e)
+            return {}
+        mean = gap.attrs["mean"]
+        return {
+            "amortization_gap": mean["amortization_gap"]["mean"],
+            "amortization_gap_se": mean["amortization_gap"]["se"],
+            "approximation_gap": mean["approximation_gap"]["mean"],
+            "approximation_gap_se": mean["approximation_gap"]["se"],
+            "gap_still_improving": float(gap.attrs["still_improving"]),
+        }
 
     def _step_memory(self) -> dict[str, float]:
         """Memory of one loss-and-gradient pass on the probe minibatch (module doc, item 4)."""

@@ -26,6 +26,8 @@ LABELS = {
     "log_likelihood": "log p(x), IWAE",
     "exact_log_likelihood": "exact log p(x)",
     "gap": "exact gap log p(x) − ELBO",
+    "amortization_gap": "amortization gap",
+    "approximation_gap": "approximation gap",
 }
 
 
@@ -124,6 +126,7 @@ def verdict(comparison: Comparison) -> list[str]:
                 f"No difference in {what} between {row.estimator} and {reference} is "
                 f"detectable ({interval})."
             )
+    found += _gap_findings(comparison)
     found += _variance_findings(comparison)
     summary = comparison.summary.set_index("estimator")
     for estimator in s["estimators"][1:]:
@@ -155,6 +158,49 @@ def verdict(comparison: Comparison) -> list[str]:
                 f"Monte Carlo standard error is {summary.loc[estimator, 'test_elbo_se']:.4f})."
             )
     return found
+
+
+def _gap_findings(comparison: Comparison) -> list[str]:
+    """The gap split per estimator, and each estimator's difference to the first, paired by
+    seed with its 95% interval (or why the split is missing)."""
+    s = comparison.settings
+    if s.get("gap_skipped"):
+        return [f"No amortization/approximation split: {s['gap_skipped']}."]
+    summary = comparison.summary.set_index("estimator")
+    if "amortization_gap" not in summary.columns:
+        return []
+    seeds = len(s["seeds"])
+    found = [
+        f"{estimator}: of log p(x) − ELBO on the first {s['gap_rows']} held-out rows, the "
+        f"amortization gap is {_mean_sd(summary, estimator, 'amortization_gap')} and the "
+        f"approximation gap {_mean_sd(summary, estimator, 'approximation_gap')} nats per "
+        f"datapoint (mean ± sd over {seeds} seeds; Cremer et al. 2018)."
+        for estimator in s["estimators"]
+    ]
+    unsettled = comparison.runs.get("gap_still_improving")
+    if unsettled is not None and unsettled.max() > 0:
+        found.append(
+            f"The per-datapoint optimization of q was still improving at up to "
+            f"{int(unsettled.max())} of the {s['gap_rows']} rows in a run (gap_steps = "
+            f"{s['gap_steps']}): there the amortization gap is a lower estimate."
+        )
+    for row in comparison.differences.itertuples():
+        if row.metric not in ("amortization_gap", "approximation_gap"):
+            continue
+        interval = f"{row.difference:+.3f} nats, 95% CI {_ci(row)}, {row.seeds} seeds"
+        if row.ci_low > 0 or row.ci_high < 0:
+            size = "larger" if row.difference > 0 else "smaller"
+            found.append(f"**{row.estimator}** left a {size} {LABELS[row.metric]} than "
+                         f"{row.reference} ({interval}).")
+        else:
+            found.append(f"No difference in the {LABELS[row.metric]} between {row.estimator} "
+                         f"and {row.reference} is detectable ({interval}).")
+    return found
+
+
+def _mean_sd(summary: pd.DataFrame, estimator: str, column: str) -> str:
+    mean, sd = summary.loc[estimator, column], summary.loc[estimator, f"{column}_sd"]
+    return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
 def _variance_findings(comparison: Comparison) -> list[str]:
@@ -235,7 +281,8 @@ def _at_same_params(frame: pd.DataFrame, other: str, value: str = "variance") ->
 def headline(comparison: Comparison) -> str:
     summary = comparison.summary
     columns = {"estimator": summary["estimator"]}
-    for metric in ("test_elbo", "log_likelihood", "exact_log_likelihood", "gap", "train_elbo"):
+    for metric in ("test_elbo", "log_likelihood", "exact_log_likelihood", "gap", "amortization_gap",
+                   "approximation_gap", "train_elbo"):
         if metric in summary.columns:
             name = LABELS.get(metric, "train ELBO (last 10%)")
             columns[name] = _pm(summary, metric, 3)

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pyro
 import torch
-from pyro import poutine
 
 from . import distributed
 from .checkpoint import Checkpointer
 from .dataset import Batch, Dataset
 from .errors import NumericalError, PairError, PplVaeError, first_line
 from .rng import forked
+from .step_params import StepParams
 from .traces import is_latent, is_observed, run_pair
 from .warmup import LatentScale, kl_weight
 
@@ -99,6 +99,7 @@ class Trainer:
     per_datapoint: int
     device: torch.device
     saver: Checkpointer | None = None
+    step_params: StepParams = field(default_factory=StepParams)
 
     def update(self, state: TrainingState, validated: bool) -> StepInfo:
         """Take step ``state.step + 1``, with Pyro's validation on if ``validated``, and record
@@ -117,7 +118,7 @@ class Trainer:
         try:
             with _validation(validated):
                 loss, finite = svi_step(self.elbo, self.optim, self.model, self.guide, x,
-                                        self.group)
+                                        self.group, self.step_params)
         except PplVaeError:
             raise
         except (ValueError, RuntimeError) as e:
@@ -162,18 +163,18 @@ def history(rows: list[tuple]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
-def svi_step(elbo, optim, model, guide, x: Batch, group: distributed.World) -> tuple[float, bool]:
+def svi_step(elbo, optim, model, guide, x: Batch, group: distributed.World,
+             step_params: StepParams | None = None) -> tuple[float, bool]:
     """One ``SVI.step``: (loss, gradients finite). Nothing is applied unless both are finite.
 
-    With several processes, gradients and loss are averaged over them first (by name order).
+    ``step_params`` finds the parameters the step read (see ``ppl_vae.step_params``); with
+    several processes, gradients and loss are averaged over them first (by name order).
     """
-    with poutine.trace(param_only=True) as capture:
+    params = getattr(elbo, "params", None)  # a compiled ELBO knows its parameters
+    if params is None:
+        loss, params = (step_params or StepParams()).loss_and_grads(elbo, model, guide, x)
+    else:
         loss = elbo.loss_and_grads(model, guide, *x.args, **x.kwargs)
-    nodes = capture.trace.nodes
-    # one tensor may sit under two names (AutoIAFNormal's _prototype_tensor): step it once,
-    # as Pyro's SVI does with its set of parameters
-    unique = {id(p): p for p in (nodes[name]["value"].unconstrained() for name in sorted(nodes))}
-    params = list(unique.values())
     if group.size > 1:
         loss = distributed.average_gradients(params, loss)
     grads = [p.grad for p in params if p.grad is not None]

@@ -14,7 +14,8 @@ from scipy import stats
 
 from .measure import RunRecord
 
-QUALITY = ("test_elbo", "log_likelihood", "exact_log_likelihood", "gap")
+QUALITY = ("test_elbo", "log_likelihood", "exact_log_likelihood", "gap", "amortization_gap",
+           "approximation_gap")
 
 
 def assemble(records: list[RunRecord], estimators: list[str]) -> dict[str, pd.DataFrame]:

@@ -23,38 +23,26 @@ import pandas as pd
 import pyro
 import pyro.optim
 import torch
-from pyro.infer.autoguide import AutoGuide
 from tqdm.auto import tqdm
 
 from . import distributed
 from . import params as param_io
 from .checkpoint import Checkpointer, fingerprint
-from .data import check_support
-from .dataset import Batch, Dataset, as_dataset
-from .enumeration import enumerate_pair
+from .compiled import check_options, compile_elbo
+from .dataset import Batch, as_dataset
 from .errors import (
-    PairError,
     PplVaeError,
     check_integers,
     check_positive,
     check_seed,
-    first_line,
 )
 from .estimators import get
 from .kl import check_enumerates, check_fallback, check_reparameterized, kl_sites
 from .optim import ForeachAdam
 from .plates import scale_data_plate
+from .preflight import check_autoguide, check_broadcasting, check_warmup, probe
 from .rng import forked
 from .svi import MinibatchOrder, StepInfo, Trainer, TrainingState, history
-from .traces import (
-    PAIR_FAILURES,
-    PairTraces,
-    is_guide_sample,
-    is_observed,
-    run_pair,
-    trace_pair,
-    with_particles,
-)
 from .warmup import LatentScale, anneal
 
 DEFAULT_BATCH_SIZE = 128
@@ -74,6 +62,8 @@ class FitResult:
             estimator computed the KL (``"closed-form"`` or ``"sampled"``).
         params: the trained unconstrained parameters (CPU copies); the live ones stay in
             Pyro's param store, as after ``SVI``.
+        compile_s: with ``compile``, the seconds that tracing and compiling the step took
+            (not in ``history``'s ``time_s``); None when the step ran eagerly.
     """
 
     history: pd.DataFrame
@@ -85,6 +75,7 @@ class FitResult:
     batch_size: int
     num_particles: int
     stopped_early: bool
+    compile_s: float | None = None
 
     @property
     def final_elbo(self) -> float:
@@ -115,6 +106,7 @@ def fit(
     checkpoint_every: int = 100,
     resume: bool = False,
     jit: bool = False,
+    compile: bool | str = False,
     validate_every_step: bool = False,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> FitResult:
@@ -150,6 +142,13 @@ def fit(
             checkpoint. A mismatched pair, data or setting is refused, naming what differs.
         jit: compile the ELBO with PyTorch's JIT (estimators with a compiled variant, see
             ``ppl_vae.estimators``); the pair must run the same code every step.
+        compile: trace the pair's loss once and compile it with ``torch.compile`` (``True``:
+            TorchInductor; or a backend name, ``"aot_eager"`` for bitwise the eager numbers),
+            for Trace_ELBO-type estimators (``sampled``, ``analytic``, ``stl``) and pairs whose
+            structure does not change between steps (see ``ppl_vae.compiled``). The same
+            draws as the eager step, numbers equal up to float rounding; a pair that cannot
+            be traced trains eagerly after a ``CompileFallbackWarning``. The compile time is
+            ``FitResult.compile_s``.
         validate_every_step: run Pyro's validation (``pyro.enable_validation``, on unless
             switched off) on every step, not on the first step of the call only. What it
             checks of site shapes, the model/guide match and the data's support cannot change
@@ -179,11 +178,14 @@ def fit(
         batch_size = min(DEFAULT_BATCH_SIZE, dataset.rows)
     _check_arguments(dataset, batch_size, num_steps, num_particles, lr, kl_warmup, jit, optim,
                      clip_norm, seed)
+    check_options(compile, jit=jit, kl_warmup=kl_warmup, validate_every_step=validate_every_step)
     saver = None  # refuses a checkpoint_dir that holds a checkpoint unless resuming
     if checkpoint_dir is not None or resume:
         saver = Checkpointer(checkpoint_dir, checkpoint_every, resume)
     options = dict(batch_size=batch_size, seed=seed, lr=lr, num_particles=num_particles,
                    kl_warmup=kl_warmup, clip_norm=clip_norm, jit=jit)
+    if compile:  # only then in the fingerprint: earlier checkpoints stay resumable
+        options["compile"] = "inductor" if compile is True else compile
     with saver.locked() if saver else contextlib.nullcontext(), warnings.catch_warnings():
         trainer, state, sites = _setup(model, guide, dataset, record, saver, optim, num_steps,
                                        param_io.check_device(device), strict, options)
@@ -210,6 +212,7 @@ def fit(
         batch_size=batch_size,
         num_particles=num_particles,
         stopped_early=stopped,
+        compile_s=getattr(trainer.elbo, "compile_s", None),
     )
 
 
@@ -226,7 +229,7 @@ def _setup(model, guide, dataset, record, saver, optim, num_steps, device, stric
         options["kl_warmup"],
     )
     if particles > 1:
-        _check_broadcasting(model, guide, dataset.head(batch_size // group.size).to(device),
+        check_broadcasting(model, guide, dataset.head(batch_size // group.size).to(device),
                             layout, particles, record.enumerates)
     elbo = record.make(particles, layout.max_plate_nesting, jit=options["jit"])
     if options["jit"]:
@@ -241,6 +244,9 @@ def _setup(model, guide, dataset, record, saver, optim, num_steps, device, stric
             raise PplVaeError("checkpoints need a single process; drop checkpoint_dir or nproc")
         where = fingerprint(layout, dataset, estimator=record.name, **options)
         saver.restore(where, optim, state, num_steps)
+    if options.get("compile"):  # after restoring: traced on the parameters it trains
+        elbo = compile_elbo(elbo, model, guide, dataset.head(batch_size), options["compile"],
+                            processes=group.size) or elbo
     trainer = Trainer(model, guide, elbo, optim, dataset, group, beta, options["kl_warmup"],
                       per_datapoint, device, saver)
     return trainer, state, sites
@@ -277,19 +283,13 @@ def _prepare(model, guide, dataset, record, batch_size, device, group, seed, str
     N/B scaling of the data plate with global latents, data-parallel sharding, KL warm-up.
     Returns ``(layout, sites, model, guide, beta, per_datapoint)``, the last the number of rows
     whose ELBO one step's loss estimates: the batch, or all N rows when it is scaled."""
-    layout = _probe(model, guide, dataset, batch_size // group.size, device)
+    layout = probe(model, guide, dataset, batch_size // group.size, device)
     sites = kl_sites(layout, record)
     check_enumerates(sites, record)
-    summed = sites.loc[sites["enumerated"] == "model", "site"].tolist()
-    if kl_warmup and summed:
-        raise PplVaeError(
-            f"kl_warmup scales the latent sites by beta, but the model sums out {summed} with "
-            "the observations that depend on them, and TraceEnum_ELBO needs one scale for all "
-            "of those; drop kl_warmup"
-        )
+    check_warmup(sites, kl_warmup)
     check_reparameterized(sites, record)
     check_fallback(sites, record, strict)
-    _check_autoguide(guide, layout, batch_size, dataset.rows)
+    check_autoguide(guide, layout, batch_size, dataset.rows)
     per_datapoint = batch_size
     if layout.global_sites():  # then each step estimates the full-data ELBO
         model = scale_data_plate(model, dataset.rows / batch_size, layout.data_plate)
@@ -323,60 +323,6 @@ def _progress(show: bool, total: int, done: int, name: str):
         yield hook
     finally:
         bar.close()
-
-
-def _probe(model, guide, dataset: Dataset, batch_size: int, device: torch.device) -> PairTraces:
-    """Run the pair on the first minibatch, check the data's support, move params to device."""
-    x = dataset.head(batch_size)
-    layout = run_pair(model, guide, x)
-    arrays = [a for _, a in dataset.arrays]
-    for name, site in layout.model.nodes.items():
-        if not is_observed(site):
-            continue
-        support = site["fn"].support
-        whole = [a for a, t in zip(arrays, x.tensors, strict=True) if site["value"] is t]
-        if whole:
-            check_support(whole[0], name, support, torch.device("cpu"))
-        else:
-            value = site["value"]
-            rows = value.reshape(x.rows, -1) if value.dim() and value.shape[0] == x.rows else value
-            check_support(rows.reshape(rows.shape[0] if rows.dim() else 1, -1), name, support,
-                          value.device)
-    param_io.to_device(device)
-    return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
-
-
-def _check_broadcasting(model, guide, x: Batch, layout: PairTraces, num_particles: int,
-                        enumerates: bool) -> None:
-    """Refuse ``num_particles`` > 1 for a pair whose networks do not broadcast over Pyro's
-    vectorized particle dim (and its enumerated dims, when summed), before a step fails inside
-    torch."""
-    k, mpn = num_particles, layout.max_plate_nesting
-    pair = with_particles(model, k, mpn), with_particles(guide, k, mpn)
-    if enumerates:
-        pair = enumerate_pair(*pair, -(mpn + 2), guide_sums=True)
-    with forked(), torch.no_grad():
-        try:
-            trace_pair(*pair, x)
-        except PAIR_FAILURES as e:
-            raise PairError(
-                f"num_particles={k} draws the particles vectorized, but the pair does not "
-                f"broadcast over a leading particle dim ({type(e).__name__}: {first_line(e)}); "
-                "train with num_particles=1 (evaluation still loops over particles), or make its "
-                "networks broadcast (e.g. torch.cat on dim -1 of tensors with equal leading dims)"
-            ) from e
-
-
-def _check_autoguide(guide, layout: PairTraces, batch_size: int, rows: int) -> None:
-    """An autoguide's local sites have one parameter per row of the plate it first saw: it
-    cannot train on minibatches of a larger data set."""
-    local = [n for n, s in layout.guide.nodes.items() if is_guide_sample(s) and layout.is_local(s)]
-    if isinstance(guide, AutoGuide) and local and batch_size < rows:
-        raise PairError(
-            f"the autoguide {type(guide).__name__} has local site(s) {local} in the data plate "
-            f"{layout.data_plate!r}, whose parameters are one per row of the whole data; train "
-            f"it on the whole data (batch_size={rows}) or write an amortized guide"
-        )
 
 
 def _compile(elbo, model, guide, x: Batch, device: torch.device) -> None:

@@ -41,3 +41,11 @@ def drifting_scale_pair():
             pyro.sample("z", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
 
     return model, guide
+
+
+def ppca_rows(seed: int, rows: int = 160) -> torch.Tensor:
+    """Rows of a 2-factor linear model in 5 dims with noise sd 0.5, for fitting pPCA."""
+    generator = torch.Generator().manual_seed(seed)
+    w = torch.randn(5, 2, generator=generator)
+    noise = 0.5 * torch.randn(rows, 5, generator=generator)
+    return torch.randn(rows, 2, generator=generator) @ w.T + noise

@@ -12,6 +12,7 @@ from ppl_vae import Comparison, compare_estimators
 from ppl_vae.errors import EstimatorError, OutputError, PplVaeError
 from ppl_vae.report import markdown
 from tests.conftest import requires_cuda
+from tests.pairs import ppca_rows
 
 TIMING = ["time_s", "ms_per_step", "ms_per_step_sd", "seconds", "seconds_sd"]
 TINY = dict(
@@ -24,6 +25,8 @@ TINY = dict(
     eval_particles=4,
     final_particles=8,
     ll_samples=16,
+    gap_rows=6,
+    gap_steps=10,
 )
 
 
@@ -132,11 +135,7 @@ def test_linear_gaussian_reports_the_exact_gap():
     """gap = log p(x) − ELBO must equal KL(q(z|x) ‖ p(z|x)), computed here independently."""
     from models import linear_gaussian
 
-    generator = torch.Generator().manual_seed(1)
-    w = torch.randn(5, 2, generator=generator)
-    x = torch.randn(160, 2, generator=generator) @ w.T + 0.5 * torch.randn(
-        160, 5, generator=generator
-    )
+    x = ppca_rows(1)
     pair = linear_gaussian.make_pair(x_dim=5, z_dim=2)
     truths = []
 
@@ -144,7 +143,7 @@ def test_linear_gaussian_reports_the_exact_gap():
         truths.append(float(linear_gaussian.kl_to_posterior(rows).mean()))
         return linear_gaussian.exact_log_likelihood(rows)
 
-    settings = TINY | {"final_particles": 2000, "num_steps": 40}
+    settings = TINY | {"final_particles": 2000, "num_steps": 40, "gap_rows": 0}
     c = compare_estimators(*pair, x[:120], x[120:], exact_log_likelihood=exact, lr=0.05, **settings)
     assert len(truths) == 4
     # the gap is known up to the held-out ELBO's Monte Carlo error

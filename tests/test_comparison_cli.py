@@ -26,6 +26,10 @@ ARGS = [
     "1",
     "--ll-samples",
     "20",
+    "--gap-rows",
+    "6",
+    "--gap-steps",
+    "10",
     "--no-progress",
 ]
 

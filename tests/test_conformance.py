@@ -595,7 +595,7 @@ def test_ppca64_compare_estimators_with_the_exact_log_likelihood(pv):
     comparison = pv.compare_estimators(
         pair.model, pair.guide, pair.data, estimators=("sampled", "analytic"), seeds=(SEED,),
         num_steps=100, batch_size=64, lr=0.05, num_draws=2, num_checkpoints=1, num_evals=1,
-        eval_particles=2, final_particles=50, ll_samples=200,
+        eval_particles=2, final_particles=50, ll_samples=200, gap_rows=20, gap_steps=100,
         exact_log_likelihood=ppca64.exact_row_log_evidence,
     )
     runs = comparison.runs

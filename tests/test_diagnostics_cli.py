@@ -22,12 +22,22 @@ def trained(tmp_path_factory):
 def test_diagnose_writes_netcdf_khat_summary_and_figures(trained, tmp_path, capsys):
     out = tmp_path / "diag"
     code = main(["diagnose", "--run", str(trained), "--out", str(out), "--rows", "3",
-                 "--samples", "60", "--khat-samples", "300"])  # fmt: skip
+                 "--samples", "60", "--khat-samples", "300", "--sbc-simulations", "300",
+                 "--gap-rows", "10", "--gap-steps", "40"])  # fmt: skip
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["posterior.nc", "khat.csv", "summary.csv", "diagnostics.json", "posterior.png"]
-        + ["ppc.png", "khat.png"]
+        + ["ppc.png", "khat.png", "calibration.csv", "ranks.csv", "calibration.png"]
+        + ["gap.csv", "gap.png"]
     )
+    assert all((out / f).stat().st_size > 1000 for f in ("calibration.png", "gap.png"))
+    sbc = pd.read_csv(out / "calibration.csv")
+    assert sbc["coordinate"].tolist() == [f"z[{i}]" for i in range(8)]
+    assert pd.read_csv(out / "ranks.csv", index_col="simulation").shape == (300, 8)
+    gap = pd.read_csv(out / "gap.csv", index_col="datapoint")
+    assert len(gap) == 10
+    assert (gap["amortization_gap"] + gap["approximation_gap"]
+            - gap["total_gap"]).abs().max() < 1e-9
     assert all((out / f).stat().st_size > 1000 for f in ("posterior.png", "ppc.png", "khat.png"))
     khat = pd.read_csv(out / "khat.csv", index_col="datapoint")
     assert len(khat) == 359  # every test row
@@ -47,7 +57,14 @@ def test_diagnose_writes_netcdf_khat_summary_and_figures(trained, tmp_path, caps
     report = json.loads((out / "diagnostics.json").read_text())
     assert sum(report["khat_counts"].values()) == 359
     assert report["khat_counts"]["good"] == int((khat["khat"] < 0.5).sum())
-    assert report["verdict"] in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert report["verdict"] in printed
+    assert report["calibration"]["summary"] in printed and "SBC (300 simulations" in printed
+    assert report["calibration"]["num_simulations"] == 300
+    assert report["inference_gap"]["summary"] in printed
+    assert report["inference_gap"]["mean"]["total_gap"]["mean"] == pytest.approx(
+        gap["total_gap"].mean()
+    )
 
 
 def test_same_seed_same_table_on_the_train_split(trained, tmp_path):
@@ -55,7 +72,8 @@ def test_same_seed_same_table_on_the_train_split(trained, tmp_path):
     for name in ("a", "b"):
         code = main(["diagnose", "--run", str(trained), "--out", str(tmp_path / name),
                      "--split", "train", "--rows", "1", "--samples", "10",
-                     "--khat-samples", "50", "--seed", "7"])  # fmt: skip
+                     "--khat-samples", "50", "--seed", "7", "--sbc-simulations", "0",
+                     "--gap-rows", "0"])  # fmt: skip
         assert code == 0
         tables.append(pd.read_csv(tmp_path / name / "khat.csv"))
     assert len(tables[0]) == 1438
@@ -75,3 +93,9 @@ def test_user_errors_are_one_line_and_clobber_nothing(trained, tmp_path, capsys)
     assert (out / "notes.txt").read_text() == "keep me"
     assert main(["diagnose", "--run", str(trained), "--rows", "0"]) == 2
     assert "--rows must be at least 1" in capsys.readouterr().err
+    for option, value, message in (("--sbc-simulations", "-1", "at least 0 (0 skips it)"),
+                                    ("--sbc-draws", "0", "--sbc-draws must be at least 1"),
+                                    ("--gap-steps", "0", "--gap-steps must be at least 1")):
+        assert main(["diagnose", "--run", str(trained), option, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err

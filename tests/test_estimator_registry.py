@@ -26,7 +26,7 @@ def test_a_registered_estimator_is_measured_by_its_own_kl_rule(registered, binar
     cmp = ppl_vae.compare_estimators(
         pair.model, pair.guide, x_train[:256], x_test[:64], estimators=("analytic", "my_mf"),
         seeds=(0,), num_steps=8, batch_size=64, num_draws=4, num_checkpoints=1, num_evals=1,
-        ll_samples=10, modules=pair.modules,
+        ll_samples=10, gap_rows=0, modules=pair.modules,
     )
     sites = cmp.sites.set_index("estimator")
     assert sites.loc["my_mf", "kl"] == "closed-form"

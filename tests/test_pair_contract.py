@@ -255,6 +255,10 @@ def test_diagnose_a_global_only_model_whose_observed_site_is_obs(tmp_path):
                  "--khat-samples", "400", "--out", str(out)]) == 0
     summary = json.loads((out / "diagnostics.json").read_text())
     assert summary["global_sites"] == ["latent_fairness"]
+    # one global latent: SBC needs a refit per simulation, the gap split local latents
+    assert summary["calibration"]["summary"].startswith("skipped: the pair has global latents")
+    assert summary["inference_gap"]["summary"].startswith("skipped: the guide has global")
+    assert not (out / "calibration.csv").exists() and not (out / "gap.csv").exists()
     assert summary["joint_khat"] < 0.7
     idata = ppl_vae.arviz_compat.load(out / "posterior.nc")
     assert idata["posterior"].attrs["row_dim"] == "obs_row"

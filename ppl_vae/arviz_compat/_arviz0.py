@@ -106,3 +106,13 @@ def plot_density(idata: Sequence[InferenceData], labels: Sequence[str], var_name
             selected, data_labels=list(labels), var_names=list(var_names), shade=0.1
         )
     return np.asarray(axes)
+
+
+def ecdf_band(num_samples: int, points: np.ndarray, prob: float) -> tuple[np.ndarray, np.ndarray]:
+    """``arviz.stats.ecdf_utils.ecdf_confidence_band`` of uniform draws, by its optimization
+    method (Säilynoja et al. 2022): the simultaneous ``prob`` band of the ECDF at ``points``."""
+    from arviz.stats.ecdf_utils import ecdf_confidence_band
+
+    points = np.asarray(points, dtype=float)
+    with _quiet():
+        return ecdf_confidence_band(num_samples, points, points, prob=prob, method="optimized")

@@ -1,5 +1,9 @@
 """arviz ≥ 1.0 (Python ≥ 3.12): a ``DataTree`` built with arviz_base, PSIS from arviz_stats,
-plots from arviz_plots (matplotlib backend)."""
+plots from arviz_plots (matplotlib backend).
+
+No ``ecdf_band`` here: arviz_stats keeps its simultaneous ECDF band in an internal module
+(``arviz_stats.ecdf_utils``) whose functions have changed signature between releases, so the
+generation-neutral :func:`ppl_vae.arviz_compat.simulated_ecdf_band` is used instead."""
 
 from __future__ import annotations
 

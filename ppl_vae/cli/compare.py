@@ -51,6 +51,15 @@ def register(commands) -> None:
     parser.add_argument(
         "--ll-samples", type=int, default=1000, help="importance samples for log p(x) (1000)"
     )
+    parser.add_argument(
+        "--gap-rows", type=int, default=100,
+        help="held-out rows whose amortization/approximation gap is split per run (100; 0 "
+        "skips it)",
+    )
+    parser.add_argument(
+        "--gap-steps", type=int, default=300,
+        help="optimization steps of the best q per datapoint in the gap split (300)",
+    )
     parser.add_argument("--out", required=True, help="report directory to create")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUT if it already holds a run"
@@ -73,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         iwae_particles=args.iwae_particles,
         num_checkpoints=args.checkpoints,
         ll_samples=args.ll_samples,
+        gap_rows=args.gap_rows,
+        gap_steps=args.gap_steps,
         device=args.device,
         progress=not args.no_progress,
     )

@@ -9,10 +9,13 @@ import numpy as np
 
 from .. import arviz_compat
 from ..dataset import as_dataset
+from ..diagnostic_figures import gap_figure
 from ..diagnostics import vi_diagnostics
-from ..errors import DataError
+from ..errors import DataError, PairError
+from ..gap import inference_gap
 from ..inference_data import OBS_DIM, to_inference_data
-from ..runs import run_directory, versions, write_json
+from ..runs import check_output, run_directory, versions, write_json
+from ..sbc import calibration
 from .common import command_line, load_run
 
 OUTPUTS = (
@@ -24,6 +27,8 @@ OUTPUTS = (
     "ppc.png",
     "khat.png",
 )
+CALIBRATION_OUTPUTS = ("calibration.csv", "ranks.csv", "calibration.png")
+GAP_OUTPUTS = ("gap.csv", "gap.png")
 
 
 def register(commands) -> None:
@@ -34,7 +39,10 @@ def register(commands) -> None:
         "InferenceData of the first --rows datapoints), OUT/khat.csv (Pareto k̂, PSIS "
         "log-likelihood and ESS of the importance weights for every datapoint of the split), "
         "OUT/summary.csv (ArviZ's summary), OUT/diagnostics.json (the verdict and settings) and "
-        "the figures posterior.png, ppc.png and khat.png.",
+        "the figures posterior.png, ppc.png and khat.png; with --sbc-simulations, "
+        "simulation-based calibration of the guide (calibration.csv, ranks.csv, "
+        "calibration.png), and with --gap-rows the amortization/approximation gap split "
+        "(gap.csv, gap.png).",
     )
     parser.add_argument(
         "--run",
@@ -61,6 +69,21 @@ def register(commands) -> None:
     parser.add_argument(
         "--rows", type=int, default=20, help="datapoints exported to posterior.nc (first 20)"
     )
+    parser.add_argument(
+        "--sbc-simulations", type=int, default=1000,
+        help="simulations of simulation-based calibration (1000; 0 skips it)",
+    )
+    parser.add_argument(
+        "--sbc-draws", type=int, default=99, help="draws of q per SBC simulation (99)"
+    )
+    parser.add_argument(
+        "--gap-rows", type=int, default=100,
+        help="datapoints (the first of the split) whose gap is split (100; 0 skips it)",
+    )
+    parser.add_argument(
+        "--gap-steps", type=int, default=300,
+        help="optimization steps of the best q per datapoint (300)",
+    )
     parser.add_argument("--seed", type=int, help="seed of the draws (default: the run's seed)")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUT if it already holds output"
@@ -69,9 +92,14 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    for option in ("samples", "khat_samples", "rows"):
+    for option in ("samples", "khat_samples", "rows", "sbc_draws", "gap_steps"):
         if getattr(args, option) < 1:
             raise DataError(f"--{option.replace('_', '-')} must be at least 1")
+    for option in ("sbc_simulations", "gap_rows"):
+        if getattr(args, option) < 0:
+            raise DataError(f"--{option.replace('_', '-')} must be at least 0 (0 skips it)")
+    out = Path(args.out) if args.out else Path(args.run_dir) / "diagnostics"
+    check_output(out, args.overwrite)  # refuses a taken OUT before the draws and fits
     inputs, summary = load_run(args.run_dir)
     split = args.split or ("test" if inputs.test is not None else "train")
     if split == "test" and inputs.test is None:
@@ -96,12 +124,23 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     table = vi_diagnostics(model, guide, data, num_samples=args.khat_samples, seed=seed)
-    out = Path(args.out) if args.out else Path(args.run_dir) / "diagnostics"
+    sbc, sbc_report = _calibration(model, guide, data, args, seed)
+    gap, gap_report = _gap(inputs.pair, data, args, seed)
     with run_directory(out, args.overwrite) as staging:
         arviz_compat.save(idata, staging / "posterior.nc")
         table.to_csv(staging / "khat.csv")
         arviz_compat.summary(idata).to_csv(staging / "summary.csv")
         _figures(idata, table["khat"].to_numpy(), staging)
+        written = list(OUTPUTS)
+        if sbc is not None:
+            sbc.tests.to_csv(staging / "calibration.csv", index=False)
+            sbc.ranks.to_csv(staging / "ranks.csv")
+            _save(_pyplot(), sbc.plot(), staging / "calibration.png")
+            written += CALIBRATION_OUTPUTS
+        if gap is not None:
+            gap.to_csv(staging / "gap.csv")
+            _save(_pyplot(), gap_figure(gap), staging / "gap.png")
+            written += GAP_OUTPUTS
         write_json(
             staging / "diagnostics.json",
             {
@@ -117,21 +156,77 @@ def run(args: argparse.Namespace) -> int:
                 "global_sites": table.attrs["global_sites"],
                 "joint_khat": table.attrs.get("joint_khat"),
                 "khat_counts": {k: int(v) for k, v in table["verdict"].value_counts().items()},
+                "calibration": sbc_report,
+                "inference_gap": gap_report,
                 "versions": versions(),
             },
         )
     print(f"{inputs.description}, {split} split: {table.attrs['verdict']}")
-    print(f"wrote {out}/: {' '.join(OUTPUTS)}")
+    print(f"  calibration: {sbc_report['summary']}")
+    print(f"  gap split: {gap_report['summary']}")
+    print(f"wrote {out}/: {' '.join(written)}")
     return 0
 
 
-def _figures(idata, khat: np.ndarray, folder: Path) -> None:
-    """Posterior of the latents for the first two exported rows, PPC, and k̂ per datapoint."""
+def _calibration(model, guide, data, args, seed: int):
+    """SBC of the guide and its summary, or None and why it was skipped."""
+    if args.sbc_simulations == 0:
+        return None, {"summary": "skipped (--sbc-simulations 0)"}
+    try:
+        sbc = calibration(model, guide, data, args.sbc_simulations, args.sbc_draws, seed=seed)
+    except PairError as e:  # global latents, an enumerated site: the rest still applies
+        return None, {"summary": f"skipped: {e}"}
+    counts = sbc.tests["verdict"].value_counts()
+    return sbc, {
+        "summary": sbc.verdict,
+        "verdicts": dict(zip(sbc.tests["coordinate"], map(str, sbc.tests["verdict"]),
+                             strict=True)),
+        "counts": {str(k): int(v) for k, v in counts.items() if v},
+        **{k: v for k, v in sbc.settings.items() if k != "global_sites"},
+    }
+
+
+def _gap(pair, data, args, seed: int):
+    """The amortization/approximation split on the first --gap-rows rows, and its summary."""
+    if args.gap_rows == 0:
+        return None, {"summary": "skipped (--gap-rows 0)"}
+    dataset = as_dataset(data)
+    subset = dataset.first(args.gap_rows)
+    exact = pair.exact_log_likelihood if dataset.single is not None else None
+    try:
+        gap = inference_gap(*pair, subset, num_steps=args.gap_steps, seed=seed,
+                            exact_log_likelihood=exact)
+    except PairError as e:  # global sites, other families: the rest still applies
+        return None, {"summary": f"skipped: {e}"}
+    mean = gap.attrs["mean"]
+
+    def pm(name):
+        return f"{mean[name]['mean']:.3f} ± {mean[name]['se']:.3f}"
+
+    line = (
+        f"over {len(gap)} datapoints, log p(x) − ELBO = {pm('total_gap')} nats = amortization "
+        f"gap {pm('amortization_gap')} + approximation gap {pm('approximation_gap')} "
+        f"(± one Monte Carlo standard error; log p(x) {gap.attrs['log_likelihood']})"
+    )
+    if gap.attrs["still_improving"]:
+        line += f"; the optimization was still improving at {gap.attrs['still_improving']} rows"
+    return gap, {"summary": line, "rows": len(gap), "mean": mean,
+                 "log_likelihood": gap.attrs["log_likelihood"],
+                 "still_improving": gap.attrs["still_improving"], **gap.attrs["settings"]}
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figures(idata, khat: np.ndarray, folder: Path) -> None:
+    """Posterior of the latents for the first two exported rows, PPC, and k̂ per datapoint."""
+    plt = _pyplot()
     latents = list(arviz_compat.variables(idata))
     row = idata["posterior"].attrs.get("row_dim", OBS_DIM)
     local = any(row in arviz_compat.variables(idata)[name] for name in latents)

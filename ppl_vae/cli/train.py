@@ -56,6 +56,13 @@ def register(commands) -> None:
         "docs/performance.md); refused for the other estimators and with --kl-warmup",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="trace the pair's loss once and compile it with torch.compile (sampled, analytic, "
+        "stl; the eager numbers up to float rounding; see docs/performance.md); a pair that "
+        "cannot be compiled trains eagerly, with a warning",
+    )
+    parser.add_argument(
         "--validate-every-step",
         action="store_true",
         help="run Pyro's validation on every step, not on the first one only (slower; "
@@ -130,6 +137,8 @@ def _summary(args, inputs, result, metrics, seconds, group) -> dict:
         "checkpoint_dir": args.checkpoint_dir,
         "nproc": group.size,
         "jit": args.jit,
+        "compile": args.compile,
+        "compile_s": result.compile_s,
         "validate_every_step": args.validate_every_step,
         "seconds": seconds,
         "metrics": metrics,
@@ -212,6 +221,7 @@ def _fit(args: argparse.Namespace, inputs):
         strict=args.strict,
         progress=not args.no_progress,
         jit=args.jit,
+        compile=args.compile,
         validate_every_step=args.validate_every_step,
         **_checkpoint_settings(args),
     )
@@ -227,6 +237,8 @@ def _print_summary(description, args, result, metrics, seconds) -> None:
             f"  test ELBO per datapoint (K=100):             {metrics['test_elbo']:.3f}",
             f"  test log p(x) per datapoint (IWAE, K=1000):  {metrics['test_log_likelihood']:.3f}",
         ]
+    if result.compile_s is not None:
+        lines.append(f"  compiling the step took {result.compile_s:.1f} s (not in the steps' time)")
     lines += [f"  KL of {r.site}: {r.kl}" for r in result.sites.itertuples()]
     lines.append(f"wrote {Path(args.out)}/: {' '.join(OUTPUTS)}")
     print("\n".join(lines))

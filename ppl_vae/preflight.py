@@ -1,0 +1,97 @@
+"""Checks of a pair against ``fit``'s data and settings, before the first step.
+
+Each one turns what would fail inside a step (or train silently wrong) into a
+:class:`~ppl_vae.errors.PplVaeError` that names the fix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from pyro.infer.autoguide import AutoGuide
+
+from . import params as param_io
+from .data import check_support
+from .dataset import Batch, Dataset
+from .enumeration import enumerate_pair
+from .errors import PairError, PplVaeError, first_line
+from .rng import forked
+from .traces import (
+    PAIR_FAILURES,
+    PairTraces,
+    is_guide_sample,
+    is_observed,
+    run_pair,
+    trace_pair,
+    with_particles,
+)
+
+
+def probe(
+    model: Callable, guide: Callable, dataset: Dataset, batch_size: int, device: torch.device
+) -> PairTraces:
+    """Run the pair on the first minibatch, check the data's support, move params to device."""
+    x = dataset.head(batch_size)
+    layout = run_pair(model, guide, x)
+    arrays = [a for _, a in dataset.arrays]
+    for name, site in layout.model.nodes.items():
+        if not is_observed(site):
+            continue
+        support = site["fn"].support
+        whole = [a for a, t in zip(arrays, x.tensors, strict=True) if site["value"] is t]
+        if whole:
+            check_support(whole[0], name, support, torch.device("cpu"))
+        else:
+            value = site["value"]
+            rows = value.reshape(x.rows, -1) if value.dim() and value.shape[0] == x.rows else value
+            check_support(rows.reshape(rows.shape[0] if rows.dim() else 1, -1), name, support,
+                          value.device)
+    param_io.to_device(device)
+    return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
+
+
+def check_broadcasting(model: Callable, guide: Callable, x: Batch, layout: PairTraces,
+                       num_particles: int, enumerates: bool) -> None:
+    """Refuse ``num_particles`` > 1 for a pair whose networks do not broadcast over Pyro's
+    vectorized particle dim (and its enumerated dims, when summed), before a step fails inside
+    torch."""
+    k, mpn = num_particles, layout.max_plate_nesting
+    pair = with_particles(model, k, mpn), with_particles(guide, k, mpn)
+    if enumerates:
+        pair = enumerate_pair(*pair, -(mpn + 2), guide_sums=True)
+    with forked(), torch.no_grad():
+        try:
+            trace_pair(*pair, x)
+        except PAIR_FAILURES as e:
+            raise PairError(
+                f"num_particles={k} draws the particles vectorized, but the pair does not "
+                f"broadcast over a leading particle dim ({type(e).__name__}: {first_line(e)}); "
+                "train with num_particles=1 (evaluation still loops over particles), or make its "
+                "networks broadcast (e.g. torch.cat on dim -1 of tensors with equal leading dims)"
+            ) from e
+
+
+def check_autoguide(guide: Callable, layout: PairTraces, batch_size: int, rows: int) -> None:
+    """An autoguide's local sites have one parameter per row of the plate it first saw: it
+    cannot train on minibatches of a larger data set."""
+    local = [n for n, s in layout.guide.nodes.items() if is_guide_sample(s) and layout.is_local(s)]
+    if isinstance(guide, AutoGuide) and local and batch_size < rows:
+        raise PairError(
+            f"the autoguide {type(guide).__name__} has local site(s) {local} in the data plate "
+            f"{layout.data_plate!r}, whose parameters are one per row of the whole data; train "
+            f"it on the whole data (batch_size={rows}) or write an amortized guide"
+        )
+
+
+def check_warmup(sites: pd.DataFrame, kl_warmup: int) -> None:
+    """Refuse KL warm-up where the model sums out a site: its β-scaled factors and their
+    unscaled observations would need different scales, and TraceEnum_ELBO takes one."""
+    summed = sites.loc[sites["enumerated"] == "model", "site"].tolist()
+    if kl_warmup and summed:
+        raise PplVaeError(
+            f"kl_warmup scales the latent sites by beta, but the model sums out {summed} with "
+            "the observations that depend on them, and TraceEnum_ELBO needs one scale for all "
+            "of those; drop kl_warmup"
+        )
