@@ -51,7 +51,7 @@ def summary(timings: pd.DataFrame) -> pd.DataFrame:
 
 def relative(timings: pd.DataFrame, to: str = "torch") -> pd.DataFrame:
     """Per axis value and contender: steps/s over ``to``'s in the same repeat, median (min,
-    max): the ratios a shared machine's changing load cancels out of."""
+    max): the ratios that changing background load cancels out of."""
     wide = timings.pivot_table(index=["axis", "value", "repeat"], columns="contender",
                                values="steps_s")
     ratios = wide.div(wide[to], axis=0).stack().rename("ratio").reset_index()

@@ -25,7 +25,7 @@ each step's loss read as a number:
 Each timing gives steps/s over the steps after the first (``steps_s``: no compilation or
 first-call costs) and end to end (``end_to_end_steps_s``: the first step, and ``fit``'s
 set-up, validation and probing the pair, included). Repeats are interleaved (the contenders'
-order rotates every repeat) so that the load of a shared machine hits all alike; ratios are
+order rotates every repeat) so that background load hits all alike; ratios are
 taken within a repeat.
 """
 
