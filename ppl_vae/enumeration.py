@@ -123,14 +123,6 @@ def enumerate_pair(
     return EnumMessenger()(model), EnumMessenger(first_available_dim=first_dim)(guide)
 
 
-def has_enumerated(*traces: Trace) -> bool:
-    """Whether a trace holds a site that was enumerated (not only marked)."""
-    return any(
-        s["type"] == "sample" and s["infer"].get("_enumerate_dim") is not None
-        for t in traces for s in t.nodes.values()
-    )
-
-
 @dataclass
 class Sums:
     """The exact sums of one enumerated run, per particle and row.
@@ -155,17 +147,15 @@ class Sums:
 
     def mean(self, cost: torch.Tensor) -> torch.Tensor:
         """E over the guide's enumerated sites of a ``(*enum, K, N)`` cost: ``(K, N)``."""
-        axes = tuple(range(self.enum_dims))
-        if self.log_q_enum is None:
-            return cost.sum(axes) if axes else cost
+        if self.log_q_enum is None:  # nothing left to average: the enumerated axes are 1
+            return cost.reshape(cost.shape[-2:])
         prob = self.log_q_enum.exp()
         weighted = torch.where(prob > 0, prob * cost, torch.zeros_like(prob))
-        return weighted.sum(axes)
+        return weighted.sum(tuple(range(self.enum_dims)))
 
     def log_sum(self, integrand: torch.Tensor) -> torch.Tensor:
         """log Σ over the guide's enumerated values of exp(``integrand``): ``(K, N)``."""
-        axes = tuple(range(self.enum_dims))
-        return torch.logsumexp(integrand.flatten(0, self.enum_dims - 1), 0) if axes else integrand
+        return torch.logsumexp(integrand.flatten(0, self.enum_dims - 1), 0)
 
 
 def enum_dim_count(layout: PairTraces, *traces: Trace) -> int:

@@ -161,7 +161,7 @@ def score(
     enumerated = set(enumeration.guide_enumerated(guide_trace)) if exact.enum_dims else set()
     local: dict[str, dict] = {"p": {}, "q": {}, "kl": {}}
     glob: dict[str, dict] = {"p": {}, "q": {}, "kl": {}}
-    values, integrand = {}, 0.0  # integrand: log p − log q of the non-enumerated sites
+    values, integrand = {}, []  # log p − log q of the non-enumerated sites, summed over y
     for name, site in guide_trace.nodes.items():
         if not is_guide_sample(site):
             continue
@@ -185,7 +185,7 @@ def score(
             log_p = torch.zeros_like(log_q)
         if name in exact.absorbed:
             closed = None  # a prior with enumerated parents has no registered closed form
-        integrand = integrand + log_p - (0 if name in enumerated else log_q)
+        integrand += [log_p] if name in enumerated else [log_p, -log_q]
         local["q"][name], local["p"][name] = exact.mean(log_q), exact.mean(log_p)
         local["kl"][name] = None if closed is None else exact.mean(exact.local(closed))
     observed, global_ll = {}, torch.zeros(num_particles)
@@ -194,14 +194,14 @@ def score(
             continue
         if layout.is_local(site):
             log_p = exact.local(site["log_prob"])
-            integrand = integrand + log_p
+            integrand.append(log_p)
             observed[name] = exact.mean(log_p)
         else:
             global_ll = global_ll.to(site["log_prob"]) + global_terms(
                 site["log_prob"], layout, num_particles
             )
     for name, log_p in exact.likelihood.items():  # observations with enumerated parents
-        integrand = integrand + log_p
+        integrand.append(log_p)
         observed[name] = exact.mean(log_p)
     first = next(iter(observed.values()), None)
     like = torch.zeros(num_particles, rows) if first is None else torch.zeros_like(first)
@@ -214,7 +214,7 @@ def score(
         GlobalTerms(global_ll.to(log_lik), glob["p"], glob["q"], glob["kl"]),
         values,
         observed,
-        None if exact.log_q_enum is None else exact.log_sum(integrand),
+        None if exact.log_q_enum is None else exact.log_sum(sum(integrand)),
         frozenset(n for n, v in values.items() if n not in enumerated
                   and not getattr(guide_trace.nodes[n]["fn"], "has_rsample", False)),
         exact.posteriors,
