@@ -152,7 +152,8 @@ def estimate_draws(
 
     Returns a long frame: ``estimator``, ``draw``, ``elbo`` and ``kl`` (the minibatch mean per
     datapoint of one draw's estimate; one draw of ``"iwae"`` is ``iwae_particles`` particles).
-    All estimators score the same draws.
+    All estimators score the same draws (those that sum the guide's enumerated sites share
+    their own: a summed site has no draw to share).
     """
     x = minibatch(x, model_kwargs)
     with torch.no_grad(), seeded(seed):
@@ -196,7 +197,8 @@ def gradient_draws(
     """Per estimator and parameter name, ``num_draws`` gradients of the minibatch loss.
 
     Each entry has shape ``(num_draws, *param.shape)`` and is taken with respect to the
-    unconstrained parameter. All estimators are differentiated on the same draws.
+    unconstrained parameter. All estimators are differentiated on the same draws (those that
+    sum the guide's enumerated sites on their own).
 
     Guide sites without ``rsample`` (sampled discrete sites) add the score-function term of
     Pyro's ``Trace_ELBO`` per row (:meth:`~ppl_vae.estimators.Estimator.score`); sites an
