@@ -15,6 +15,7 @@ import math
 import warnings
 
 import numpy as np
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -348,6 +349,16 @@ def test_cli_trains_and_compares_the_zoo_m2(tmp_path, capsys):
     kinds = {s["site"]: s["kl"] for s in summary["sites"]}
     assert kinds == {"y": "enumerated (exact)", "z": "sampled"}
     assert summary["metrics"]["test_log_likelihood"] > summary["metrics"]["test_elbo"]
+    code = main(["diagnose", "--run", str(out), "--samples", "20", "--khat-samples", "50",
+                 "--rows", "5", "--sbc-simulations", "100", "--sbc-draws", "19", "--gap-rows",
+                 "5", "--gap-steps", "10"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "gap split: skipped: guide site 'y' is a Categorical" in printed
+    calibrated = pd.read_csv(out / "diagnostics" / "calibration.csv")  # q's y is drawn, ranked
+    assert calibrated["coordinate"].tolist() == ["y"] + [f"z[{i}]" for i in range(8)]
+    khat = pd.read_csv(out / "diagnostics" / "khat.csv")  # on the summed importance weights
+    assert len(khat) == 40 and np.isfinite(khat["khat"]).all()
     code = main(["train", *data, "--estimator", "analytic", "--steps", "20",
                  "--out", str(tmp_path / "bad")])
     assert code == 2
