@@ -1,8 +1,9 @@
 """Data: the embedded digits, files, in-memory arrays; validation, splits and minibatches.
 
 Data is a matrix-like array whose first dimension indexes datapoints (the model's data plate).
-In-memory data becomes a tensor that keeps a floating dtype (float64 stays float64; integers and
-booleans become torch's default dtype); a ``.npy`` file is opened memory-mapped and
+In-memory data becomes a tensor of the dtype it has (float64 stays float64, int64 row numbers and
+bool masks stay what they are, as Pyro's ``SVI.step`` passes its arguments as given; CSV files
+and float16 become torch's default dtype); a ``.npy`` file is opened memory-mapped and
 minibatches are read by index, so data larger than memory can be trained on: validation reads
 it in chunks of about 4 MiB, and the pages of a read-only mapping that a read touched are
 dropped from the process's resident set afterwards (they stay in the OS page cache), so peak
@@ -174,8 +175,10 @@ def load_arrays(path: str | Path) -> dict[str, torch.Tensor]:
 def as_tensor(data) -> torch.Tensor:
     """Data (tensor, numpy array, DataFrame) as a tensor, with clear errors.
 
-    A floating dtype is kept (float64 stays float64); integers and booleans become torch's
-    default dtype (``torch.get_default_dtype()``), as Pyro's likelihoods need real values.
+    The dtype is kept, as Pyro's ``SVI.step`` passes arguments as given: float64 stays
+    float64, integer labels and row numbers stay integers, bool masks stay bool. Only float16
+    (which Pyro's distributions do not compute in) and unsigned integers wider than 8 bits
+    (which torch indexes with poorly) change: to torch's default dtype and int64.
     """
     if isinstance(data, torch.Tensor):
         if data.requires_grad:
@@ -183,7 +186,7 @@ def as_tensor(data) -> torch.Tensor:
                             "parameter: gradients flow to the pair's parameters only)")
         if not (data.is_floating_point() or data.dtype in _INT_TORCH):
             raise DataError(f"data tensor has dtype {data.dtype}; give numbers")
-        return data if data.is_floating_point() else data.to(torch.get_default_dtype())
+        return data.to(torch.get_default_dtype()) if data.dtype == torch.float16 else data
     if isinstance(data, pd.DataFrame):
         if data.empty:
             raise DataError(f"the DataFrame is empty (shape {data.shape}); give at least one row")
@@ -197,12 +200,11 @@ def as_tensor(data) -> torch.Tensor:
             raise DataError(f"column(s) {bad} are not numeric; drop them or encode them as numbers")
         dtypes = {np.dtype(t) for t in data.dtypes}
         common = dtypes.pop() if len(dtypes) == 1 else None
-        data = data.to_numpy(dtype=_float_dtype(common) if common is not None else _float_dtype(
-            np.dtype(np.int64)))
+        data = data.to_numpy(dtype=_kept_dtype(common if common is not None else np.float16))
     if isinstance(data, np.ndarray):
         if not _is_real(data.dtype):
             raise DataError(f"data array has dtype {data.dtype}; give real numbers")
-        array = np.asarray(data, dtype=_float_dtype(data.dtype))
+        array = np.asarray(data, dtype=_kept_dtype(data.dtype))
         return torch.from_numpy(array if array.flags.writeable else array.copy())
     raise DataError(
         f"data of type {type(data).__name__} is not supported; give a torch tensor, a numpy "
@@ -210,11 +212,17 @@ def as_tensor(data) -> torch.Tensor:
     )
 
 
-def _float_dtype(dtype: np.dtype) -> np.dtype:
-    """A numpy floating dtype is kept; others become torch's default dtype."""
-    if np.issubdtype(dtype, np.floating) and dtype != np.float16:
-        return dtype
-    return torch.empty((), dtype=torch.get_default_dtype()).numpy().dtype
+def _kept_dtype(dtype: np.dtype) -> np.dtype:
+    """The numpy dtype a tensor of ``dtype`` data gets: the same in native byte order, except
+    float16 (torch's default float dtype, as a DataFrame of mixed column dtypes gets) and
+    wide unsigned integers (int64)."""
+    if dtype == np.float16:
+        return torch.empty((), dtype=torch.get_default_dtype()).numpy().dtype
+    if np.issubdtype(dtype, np.unsignedinteger) and dtype.itemsize > 1:
+        return np.dtype(np.int64)
+    if dtype.byteorder not in ("=", "|", "<" if np.little_endian else ">"):
+        return dtype.newbyteorder("=")
+    return dtype
 
 
 _INT_TORCH = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
@@ -271,10 +279,10 @@ def train_test_split(
 
 def take(data: Array, index: torch.Tensor) -> torch.Tensor:
     """Rows ``index`` of ``data`` as a tensor (memory-mapped arrays read by index, their
-    floating dtype kept)."""
+    dtype kept as :func:`as_tensor` keeps it)."""
     if isinstance(data, torch.Tensor):
         return data.index_select(0, index.to(data.device))
-    rows = torch.as_tensor(np.asarray(data[index.numpy()], dtype=_float_dtype(data.dtype)))
+    rows = torch.as_tensor(np.asarray(data[index.numpy()], dtype=_kept_dtype(data.dtype)))
     _release(data)
     return rows
 

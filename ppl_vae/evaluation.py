@@ -42,10 +42,10 @@ from .dataset import Dataset, as_dataset
 from .enumeration import guide_enumerated, model_enumerated
 from .errors import check_positive
 from .estimators import get
-from .kl import CLOSED_FORM, ENUMERATED, SAMPLED
+from .kl import CLOSED_FORM, ENUMERATED, GUIDE_TERM, SAMPLED
 from .particles import ParticleTerms, dataset_terms
 from .rng import seeded
-from .traces import PairTraces, run_pair
+from .traces import PairTraces, is_factor, is_guide_factor, run_pair
 
 PER_ROW_LOCAL = "per datapoint (no global latents: the rows sum to the joint numbers)"
 PER_ROW_GIVEN_GLOBALS = (
@@ -119,10 +119,13 @@ def evaluate(
 
     Returns:
         one row per datapoint: ``elbo``, ``elbo_se`` (Monte Carlo standard error over the K
-        particles), ``reconstruction``, ``kl`` and ``kl[SITE]`` per local site of q (auxiliary
-        sites included), with ``elbo == reconstruction - kl``. ``attrs``: ``kl_method`` (site →
-        ``"closed-form"``, ``"sampled"`` or ``"enumerated (exact)"``, global sites and the
-        sites the model sums out too; the latter have no KL column: they enter
+        particles), ``reconstruction`` (every log p term that is not a latent's prior: the
+        observed sites and the model's ``pyro.factor`` terms, ``attrs["factors"]``), ``kl`` and
+        ``kl[SITE]`` per local site of q (auxiliary sites and the guide's factors included: every
+        term ``Trace_ELBO`` subtracts as log q), with ``elbo == reconstruction - kl``.
+        ``attrs``: ``kl_method`` (site → ``"closed-form"``, ``"sampled"``,
+        ``"enumerated (exact)"`` or ``"log q term (guide factor or observed)"``, global sites
+        and the sites the model sums out too; the latter have no KL column: they enter
         ``reconstruction``, or the KL of the guide site whose prior they are a parent of),
         ``joint`` (the data set's ``elbo``, ``elbo_se``, ``reconstruction``, ``kl``,
         ``kl_global``), ``global_sites`` and ``per_row`` (what a row's numbers mean; see the
@@ -138,13 +141,15 @@ def evaluate(
     g = terms.globals
     kls = {s: terms.kl(s, closed_form) for s in terms.log_q}
     global_kls = {s: g.kl(s, closed_form) for s in g.log_q}
-    summed = set(guide_enumerated(prepared.layout.guide)) if guide_sums else set()
+    layout = prepared.layout
+    summed = set(guide_enumerated(layout.guide)) if guide_sums else set()
+    guide_terms = {n for n, s in layout.guide.nodes.items() if is_guide_factor(s)}
     methods = {
-        s: ENUMERATED if s in summed else CLOSED_FORM if closed_form and closed[s] is not None
-        else SAMPLED
+        s: ENUMERATED if s in summed else GUIDE_TERM if s in guide_terms
+        else CLOSED_FORM if closed_form and closed[s] is not None else SAMPLED
         for closed in (terms.closed_kl, g.closed_kl)
         for s in closed
-    } | dict.fromkeys(model_enumerated(prepared.layout.model, prepared.layout.guide), ENUMERATED)
+    } | dict.fromkeys(model_enumerated(layout.model, layout.guide), ENUMERATED)
     kl_total = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
     per_particle = terms.log_likelihood - kl_total
     frame = {
@@ -164,6 +169,7 @@ def evaluate(
         "estimator": estimator,
         "num_particles": num_particles,
         "global_sites": prepared.global_sites,
+        "factors": [n for n, s in layout.model.nodes.items() if is_factor(s)],
         "per_row": PER_ROW_GIVEN_GLOBALS if prepared.global_sites else PER_ROW_LOCAL,
         "joint": {
             "elbo": float(joint.double().mean()),

@@ -4,17 +4,19 @@ ArviZ's ``from_pyro`` converts MCMC runs only. Here the guide is the sampler: fo
 datapoints :math:`x_n`, draws :math:`z_{n,s} \sim q(z|x_n)`, :math:`s = 1..S`, are scored
 under the model, and the groups are
 
-- ``posterior``: every latent site's draws, dims ``(chain, draw, ...)``; the axis of a site
-  that runs over the data plate is named ``obs`` (coordinates: the row numbers; ``obs_row``
-  when a site itself is named ``obs``, as in Pyro's examples; each group's ``attrs["row_dim"]``
-  says which),
+- ``posterior``: every latent site's draws and every ``pyro.deterministic`` site's values
+  (as ArviZ's ``from_pyro``/``from_numpyro`` put them), dims ``(chain, draw, ...)``; the
+  axis of a site that runs over the data plate is named ``obs`` (coordinates: the row
+  numbers; ``obs_row`` when a site itself is named ``obs``, as in Pyro's examples; each
+  group's ``attrs["row_dim"]`` says which),
   the others ``{site}_dim_{i}``; global latents keep their own shapes, drawn once per draw;
 - for a discrete site ``y`` the model sums out (marked for enumeration, absent from the guide):
   ``posterior["y_probs"]``, p(y_n = c | x_n, z_{n,s}) per draw, dims ``(chain, draw, obs,
   y_support)`` (its mean over draws is the guide's estimate of p(y_n = c | x_n)), for such
   sites in no plate but the data plate; a guide site marked for enumeration is drawn;
 - ``posterior_predictive``: replicated observations :math:`\tilde x \sim p(x|z_{n,s})`;
-- ``log_likelihood``: :math:`\log p(x_n|z_{n,s})` per observed site, dims ``(chain, draw, obs)``;
+- ``log_likelihood``: :math:`\log p(x_n|z_{n,s})` per observed site, dims ``(chain, draw, obs)``
+  (a ``pyro.factor`` is no data: it is in none of the data groups, only in ``log_weight``);
 - ``sample_stats``: ``log_weight`` :math:`= \log p(x_n, z_{n,s}) - \log q(z_{n,s}|x_n)`;
 - ``observed_data``, and attributes (seed, estimator, steps, package versions).
 
@@ -43,6 +45,7 @@ from .runs import versions
 from .traces import (
     PAIR_FAILURES,
     PairTraces,
+    is_deterministic,
     is_latent,
     is_observed,
     run_pair,
@@ -116,7 +119,7 @@ def to_inference_data(
     named = {
         name: site_dims(name, site, layout, row)
         for name, site in layout.model.nodes.items()
-        if is_latent(site) or is_observed(site)
+        if is_latent(site) or is_observed(site) or is_deterministic(site)
     }
     for name in model_enumerated(layout.model, layout.guide):
         named[f"{name}_probs"] = [row, f"{name}_support"]
@@ -143,6 +146,9 @@ def site_dims(name: str, site: dict, layout: PairTraces, row: str = OBS_DIM) -> 
     data_dim = layout.data_dim
     inside = layout.is_local(site)
     data_axis = batch_ndim + data_dim if inside and batch_ndim >= -data_dim else None
+    if inside and is_deterministic(site):  # event_dim defaults to all of the value's dims
+        rows = next(f.size for f in site["cond_indep_stack"] if f.name == layout.data_plate)
+        data_axis = next((a for a, n in enumerate(shape) if n == rows), None)
     others = iter(range(len(shape)))
     return [row if a == data_axis else f"{name}_dim_{next(others)}" for a in range(len(shape))]
 
@@ -178,6 +184,8 @@ def _chain(
             }
             for name, value in latents.items():
                 add("posterior", name, value)
+            for name, value in terms.deterministic.items():
+                add("posterior", name, value.reshape(k, *layout.model.nodes[name]["value"].shape))
             replicated = _replicate(model, x, k, layout, latents)
             for name, value in replicated.items():
                 add("posterior_predictive", name, value)

@@ -26,7 +26,7 @@ from torch.distributions import kl_divergence
 
 from .enumeration import model_enumerated
 from .errors import EstimatorError
-from .traces import PairTraces, is_guide_sample, is_latent
+from .traces import PairTraces, is_guide_factor, is_guide_sample, is_latent
 
 if TYPE_CHECKING:
     from .estimators import Estimator
@@ -75,6 +75,7 @@ def closed_form_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
 SCORE_FUNCTION = "sampled (score function)"
 AUXILIARY = "sampled (auxiliary)"
 ENUMERATED = "enumerated (exact)"
+GUIDE_TERM = "log q term (guide factor or observed)"
 
 
 def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
@@ -88,10 +89,17 @@ def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
     ``closed_form_available`` and ``kl``: ``"enumerated (exact)"`` (summed over the support:
     ``estimator.enumerates``), ``"closed-form"``, ``"sampled"`` (log q − log p, pathwise
     gradient), ``"sampled (score function)"`` (q not reparameterized: Pyro adds the
-    score-function term) or ``"sampled (auxiliary)"`` (a guide-only site: its log q enters).
+    score-function term), ``"sampled (auxiliary)"`` (a guide-only site: its log q enters) or
+    ``"log q term (guide factor or observed)"`` (a ``pyro.factor`` or observed site of the
+    guide: ``Trace_ELBO`` subtracts its log-density, so it enters log q with no prior).
     """
     rows = []
     for name, guide_site in traces.guide.nodes.items():
+        if is_guide_factor(guide_site):
+            rows.append((name, dist_name(guide_site["fn"]), None,
+                         "local" if traces.is_local(guide_site) else "global", "no", False,
+                         GUIDE_TERM))
+            continue
         if not is_guide_sample(guide_site):
             continue
         model_site = traces.model.nodes.get(name)
@@ -161,7 +169,7 @@ def check_fallback(sites: pd.DataFrame, estimator: Estimator, strict: bool) -> N
     """Warn (or raise, when ``strict``) if a closed-form estimator samples some site's KL."""
     if not estimator.closed_form_kl:
         return
-    fallen = sites.loc[~sites["closed_form_available"] & (sites["kl"] != AUXILIARY)]
+    fallen = sites.loc[~sites["closed_form_available"] & ~sites["kl"].isin([AUXILIARY, GUIDE_TERM])]
     if fallen.empty:
         return
     detail = ", ".join(f"{r.site} (q={r.q}, p={r.p})" for r in fallen.itertuples())

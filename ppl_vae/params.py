@@ -84,10 +84,20 @@ def created() -> Iterator[set[str]]:
 
 
 def forget(names) -> None:
-    """Remove ``names`` from the store (those still there)."""
+    """Remove ``names`` from the store (those still there).
+
+    One tensor may be registered under several names (``pyro.module("decoder", vae.decoder)``
+    in the model, ``pyro.module("vae", vae)`` in the guide); the store's reverse map then
+    holds one of them, and is pointed at a name that stays, if any."""
     store = pyro.get_param_store()
-    for name in set(names) & set(store.keys()):
-        del store[name]
+    for name in sorted(set(names) & set(store.keys())):
+        value = store._params.pop(name)
+        store._constraints.pop(name, None)
+        if store._param_to_name.get(value) == name:
+            del store._param_to_name[value]
+            others = [n for n, v in store._params.items() if v is value]
+            if others:
+                store._param_to_name[value] = others[0]
 
 
 def restore(values: dict[str, torch.Tensor], constraint_specs: dict | None = None) -> None:
@@ -103,13 +113,26 @@ def restore(values: dict[str, torch.Tensor], constraint_specs: dict | None = Non
                 if target.shape != value.shape:
                     raise CheckpointError(
                         f"parameter {name!r} has shape {tuple(value.shape)} in the file but "
-                        f"{tuple(target.shape)} in the pair; load it into the pair it came from"
+                        f"{tuple(target.shape)} in the pair; {_shape_fix(value, target)}"
                     )
                 target.copy_(value.to(target.device))
             else:
                 spec = (constraint_specs or {}).get(name, {"name": "real"})
                 constraint = decode_constraint(spec)
                 store.setdefault(name, biject_to(constraint)(value.clone()), constraint)
+
+
+def _shape_fix(saved: torch.Tensor, live: torch.Tensor) -> str:
+    """What to do when a saved parameter's shape differs from the live one."""
+    if saved.dim() and saved.dim() == live.dim() and saved.shape[1:] == live.shape[1:]:
+        return (
+            f"its first dim looks like one entry per row (a guide with per-row parameters, "
+            f"e.g. pyro.param('z_loc', torch.zeros(N, d)) indexed by row): such a guide only "
+            f"has a posterior for the {saved.shape[0]} rows it was trained on, so evaluate it "
+            f"on those rows, all {saved.shape[0]} of them in their training order (it was "
+            f"run here on {live.shape[0]})"
+        )
+    return "load it into the pair it came from"
 
 
 def state() -> dict:

@@ -20,6 +20,7 @@ do not broadcast over that extra dim is run once per particle instead, with the 
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -37,9 +38,12 @@ from .traces import (
     PairTraces,
     as_batch,
     global_terms,
+    is_deterministic,
+    is_factor,
     is_guide_sample,
+    is_guide_term,
     is_latent,
-    is_observed,
+    is_likelihood,
     trace_pair,
     with_particles,
 )
@@ -82,23 +86,28 @@ class GlobalTerms:
 class ParticleTerms:
     """Log-density terms per particle: local ones per row ``(K, N)``, global ones ``(K,)``.
 
-    ``log_prior``/``log_q``/``closed_kl`` hold the local sites (an auxiliary site has log p = 0);
-    ``globals`` the global ones. ``values`` are the guide's draws (particle dim first).
+    ``log_prior``/``log_q``/``closed_kl`` hold the local sites of q (an auxiliary site or a
+    guide factor has log p = 0); ``globals`` the global ones. ``values`` are the guide's draws
+    (particle dim first), ``deterministic`` the model's ``pyro.deterministic`` values.
+    ``log_likelihood`` sums the model's observations (``observed``) and factors (``factors``)
+    in the data plate: everything in log p that is not a latent's prior.
     ``score_function`` names the sampled sites without ``rsample`` (their gradient needs the
     score-function term); ``discrete_posteriors`` holds p(y_n = c | x_n, z_n, θ) of the
     model-enumerated sites where asked for (:func:`ppl_vae.enumeration.sums`).
     """
 
-    log_likelihood: torch.Tensor  # sum over observed sites in the data plate of log p(x|z)
+    log_likelihood: torch.Tensor  # observations and factors in the data plate
     log_prior: dict[str, torch.Tensor]
     log_q: dict[str, torch.Tensor]
     closed_kl: dict[str, torch.Tensor | None]
     globals: GlobalTerms
     values: dict[str, torch.Tensor] = field(default_factory=dict)
     observed: dict[str, torch.Tensor] = field(default_factory=dict)
+    factors: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's, in the rows
     summed_log_weight: torch.Tensor | None = None  # with guide-enumerated sites, (K, N)
     score_function: frozenset[str] = frozenset()  # sampled sites without rsample
     discrete_posteriors: dict[str, torch.Tensor] = field(default_factory=dict)  # (K, N, C)
+    deterministic: dict[str, torch.Tensor] = field(default_factory=dict)  # the model's values
 
     def log_weights(self) -> torch.Tensor:
         """Per row, log p(x_n, z_n | θ) − log q(z_n | x_n, θ): the local log weights ``(K, N)``.
@@ -153,6 +162,13 @@ def score(
 ) -> ParticleTerms:
     """The terms of one run of the pair (``num_particles`` particles vectorized, or 1).
 
+    Every sample site's log-density counts, as Pyro computes it (``Trace.compute_log_prob``:
+    scaled and masked): in the guide every site but a plate's subsample (observed sites and
+    factors too), in the model the latents' priors, the observations and the factors. Each is
+    split per row through the data plate and summed jointly outside it; nothing else is
+    decided here, so the terms add up to what ``Trace_ELBO`` sums (checked on every call
+    without enumeration, :func:`check_total`).
+
     Enumerated sites are summed exactly (:mod:`ppl_vae.enumeration`): the local terms are then
     expectations over the guide's enumerated values, and the log weight their exact sum."""
     guide_trace.compute_log_prob()
@@ -163,12 +179,13 @@ def score(
     glob: dict[str, dict] = {"p": {}, "q": {}, "kl": {}}
     values, integrand = {}, []  # log p − log q of the non-enumerated sites, summed over y
     for name, site in guide_trace.nodes.items():
-        if not is_guide_sample(site):
+        if not is_guide_term(site):
             continue
         model_site = model_trace.nodes.get(name)
-        latent = model_site is not None and is_latent(model_site)
+        latent = is_guide_sample(site) and model_site is not None and is_latent(model_site)
         closed = closed_form_kl(site, model_site) if latent else None
-        values[name] = site["value"]
+        if is_guide_sample(site):
+            values[name] = site["value"]
         if not layout.is_local(site):
             glob["q"][name] = global_terms(site["log_prob"], layout, num_particles)
             glob["p"][name] = (global_terms(model_site["log_prob"], layout, num_particles)
@@ -181,21 +198,21 @@ def score(
             log_p = exact.priors[name]
         elif latent and name not in exact.absorbed:
             log_p = exact.local(model_site["log_prob"])
-        else:  # auxiliary, or a prior credited to another site of its marginal
+        else:  # auxiliary or a guide factor, or a prior credited to another site of its marginal
             log_p = torch.zeros_like(log_q)
         if name in exact.absorbed:
             closed = None  # a prior with enumerated parents has no registered closed form
         integrand += [log_p] if name in enumerated else [log_p, -log_q]
         local["q"][name], local["p"][name] = exact.mean(log_q), exact.mean(log_p)
         local["kl"][name] = None if closed is None else exact.mean(exact.local(closed))
-    observed, global_ll = {}, torch.zeros(num_particles)
+    observed, factors, global_ll = {}, {}, torch.zeros(num_particles)
     for name, site in model_trace.nodes.items():
-        if not is_observed(site) or name in exact.absorbed:
+        if not is_likelihood(site) or name in exact.absorbed:
             continue
         if layout.is_local(site):
             log_p = exact.local(site["log_prob"])
             integrand.append(log_p)
-            observed[name] = exact.mean(log_p)
+            (factors if is_factor(site) else observed)[name] = exact.mean(log_p)
         else:
             global_ll = global_ll.to(site["log_prob"]) + global_terms(
                 site["log_prob"], layout, num_particles
@@ -203,10 +220,10 @@ def score(
     for name, log_p in exact.likelihood.items():  # observations with enumerated parents
         integrand.append(log_p)
         observed[name] = exact.mean(log_p)
-    first = next(iter(observed.values()), None)
+    first = next(iter((observed | factors).values()), None)
     like = torch.zeros(num_particles, rows) if first is None else torch.zeros_like(first)
-    log_lik = sum(observed.values(), like)
-    return ParticleTerms(
+    log_lik = sum((observed | factors).values(), like)
+    terms = ParticleTerms(
         log_lik,
         local["p"],
         local["q"],
@@ -214,11 +231,40 @@ def score(
         GlobalTerms(global_ll.to(log_lik), glob["p"], glob["q"], glob["kl"]),
         values,
         observed,
+        factors,
         None if exact.log_q_enum is None else exact.log_sum(sum(integrand)),
         frozenset(n for n, v in values.items() if n not in enumerated
                   and not getattr(guide_trace.nodes[n]["fn"], "has_rsample", False)),
         exact.posteriors,
+        {n: s["value"] for n, s in model_trace.nodes.items() if is_deterministic(s)},
     )
+    if not exact.enum_dims:
+        check_total(terms, model_trace, guide_trace)
+    return terms
+
+
+class ScoringError(PairError):
+    """ppl_vae's per-row and per-site split of a pair's log-density does not add up to the
+    sum Pyro's ``Trace_ELBO`` takes of the same traces: a number would be silently wrong."""
+
+
+def check_total(terms: ParticleTerms, model_trace: Trace, guide_trace: Trace) -> None:
+    """Refuse terms whose sum over particles differs from Pyro's own sum of the traces,
+    Σ model log p − Σ guide log q (``Trace.log_prob_sum``), beyond float rounding."""
+    with torch.no_grad():
+        ours = terms.joint_log_weight().double().sum()
+        pyros = torch.as_tensor(model_trace.log_prob_sum() - guide_trace.log_prob_sum()).double()
+        scale = sum(s["log_prob"].double().abs().sum() for t in (model_trace, guide_trace)
+                    for s in t.nodes.values() if s["type"] == "sample" and "log_prob" in s)
+        ours, pyros, scale = (float(v) for v in torch.stack([ours, pyros, 1.0 + scale]))
+    if not (math.isfinite(ours) and math.isfinite(pyros)):
+        return  # a non-finite density is reported where it is used, with its site
+    if abs(ours - pyros) > 64 * torch.finfo(terms.log_likelihood.dtype).eps * scale:
+        raise ScoringError(
+            f"ppl_vae's split of the pair's log-density sums to {ours:.6g}, Pyro's "
+            f"Trace_ELBO sum of the same traces is {pyros:.6g}; a site of this pair is "
+            "scored in a way ppl_vae does not split (please report it with the pair)"
+        )
 
 
 class ParticleSampler:
@@ -323,35 +369,67 @@ def _stack(parts: list[ParticleTerms], layout: PairTraces) -> ParticleTerms:
         shapes = [p.values[name] for p in parts]
         event = value.dim() - min(value.dim(), ndim)
         values[name] = torch.stack([_pad(v, ndim + event) for v in shapes])
+    deterministic = {
+        name: torch.stack([_pad(p.deterministic[name], ndim + value.dim() - min(value.dim(), ndim))
+                           for p in parts])
+        for name, value in parts[0].deterministic.items()
+    }
     g = [p.globals for p in parts]
+    sizes = [1] * len(parts)
     globals_ = GlobalTerms(
         _cat([x.log_likelihood for x in g], 0),
-        *(_cat_dicts([getattr(x, f) for x in g], 0) for f in ("log_prior", "log_q", "closed_kl")),
+        *(_cat_dicts([getattr(x, f) for x in g], 0, sizes)
+          for f in ("log_prior", "log_q", "closed_kl")),
     )
-    return _concat(parts, 0, globals_, values)
+    return replace(_concat(parts, 0, globals_, values), deterministic=deterministic)
 
 
 def _cat(values: list, dim: int) -> torch.Tensor | None:
-    return None if values[0] is None else torch.cat(values, dim)
+    return None if any(v is None for v in values) else torch.cat(values, dim)
 
 
-def _cat_dicts(dicts: list[dict], dim: int) -> dict:
-    return {k: _cat([d[k] for d in dicts], dim) for k in dicts[0]}
+def _cat_dicts(dicts: list[dict], dim: int, sizes: list[int], fill: float = 0.0) -> dict:
+    """Each key's tensors concatenated along ``dim``; a part without the key (a site that
+    its batch or particle does not have, e.g. a ``pyro.markov`` step past its batch's longest
+    sequence) contributes ``fill`` over its ``sizes[i]`` entries: an absent site scores 0."""
+    keys = list(dict.fromkeys(k for d in dicts for k in d))
+    merged = {}
+    for key in keys:
+        template = next(d[key] for d in dicts if d.get(key) is not None) if any(
+            d.get(key) is not None for d in dicts) else None
+        column = []
+        for d, size in zip(dicts, sizes, strict=True):
+            if key in d:
+                column.append(d[key])
+            elif template is not None:
+                shape = list(template.shape)
+                shape[dim] = size
+                column.append(template.new_full(shape, fill))
+        merged[key] = _cat(column, dim) if template is not None else None
+    return merged
 
 
 def _concat(parts: list[ParticleTerms], dim: int, globals_: GlobalTerms, values: dict
             ) -> ParticleTerms:
-    """The local terms of ``parts`` concatenated along ``dim`` (0: particles, 1: rows)."""
+    """The local terms of ``parts`` concatenated along ``dim`` (0: particles, 1: rows), the
+    sites of all parts kept (see :func:`_cat_dicts`)."""
+    sizes = [p.log_likelihood.shape[dim] for p in parts]
+
+    def cat(field_: str, fill: float = 0.0) -> dict:
+        return _cat_dicts([getattr(p, field_) for p in parts], dim, sizes, fill)
+
     return ParticleTerms(
         _cat([p.log_likelihood for p in parts], dim),
-        *(_cat_dicts([getattr(p, f) for p in parts], dim)
-          for f in ("log_prior", "log_q", "closed_kl")),
+        cat("log_prior"),
+        cat("log_q"),
+        cat("closed_kl"),
         globals_,
         values,
-        _cat_dicts([p.observed for p in parts], dim),
+        cat("observed"),
+        cat("factors"),
         _cat([p.summed_log_weight for p in parts], dim),
-        parts[0].score_function,
-        _cat_dicts([p.discrete_posteriors for p in parts], dim),
+        frozenset().union(*(p.score_function for p in parts)),
+        cat("discrete_posteriors", float("nan")),
     )
 
 

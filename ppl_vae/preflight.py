@@ -10,7 +10,9 @@ from collections.abc import Callable
 
 import pandas as pd
 import torch
+from pyro.distributions import constraints as pyro_constraints
 from pyro.infer.autoguide import AutoGuide
+from torch.distributions import constraints
 
 from . import params as param_io
 from .data import check_support
@@ -32,7 +34,15 @@ from .traces import (
 def probe(
     model: Callable, guide: Callable, dataset: Dataset, batch_size: int, device: torch.device
 ) -> PairTraces:
-    """Run the pair on the first minibatch, check the data's support, move params to device."""
+    """Run the pair on the first minibatch, check the data's support, move params to device.
+
+    A support that is the same for every minibatch (``boolean``, ``nonnegative_integer``,
+    ``unit_interval``, …) is checked on the whole per-row array it observes, naming row and
+    column. One that depends on the minibatch (a ``Binomial``'s or ``Multinomial``'s
+    ``total_count``, an ``interval`` between parameters) is checked on the first minibatch,
+    against that minibatch's own distribution; the other minibatches are checked by Pyro's
+    validation during their step, against theirs.
+    """
     x = dataset.head(batch_size)
     layout = run_pair(model, guide, x)
     arrays = [a for _, a in dataset.arrays]
@@ -41,7 +51,7 @@ def probe(
             continue
         support = site["fn"].support
         whole = [a for a, t in zip(arrays, x.tensors, strict=True) if site["value"] is t]
-        if whole:
+        if whole and is_fixed(support):
             check_support(whole[0], name, support, torch.device("cpu"))
         else:
             value = site["value"]
@@ -50,6 +60,20 @@ def probe(
                           value.device)
     param_io.to_device(device)
     return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
+
+
+_FIXED = tuple(
+    {id(c): c for m in (constraints, pyro_constraints) for c in vars(m).values()
+     if isinstance(c, constraints.Constraint)}.values()
+)
+
+
+def is_fixed(support: constraints.Constraint) -> bool:
+    """Whether a support is one of the parameter-free constraints (the same for every
+    minibatch), through ``independent`` wrappers."""
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return any(support is c for c in _FIXED)
 
 
 def check_broadcasting(model: Callable, guide: Callable, x: Batch, layout: PairTraces,

@@ -24,10 +24,10 @@ import torch
 from . import distributed
 from .checkpoint import Checkpointer
 from .dataset import Batch, Dataset
-from .errors import NumericalError, PairError, PplVaeError, first_line
+from .errors import DataError, NumericalError, PairError, PplVaeError, first_line
 from .rng import forked
 from .step_params import StepParams
-from .traces import is_latent, is_observed, run_pair
+from .traces import is_latent, is_likelihood, run_pair
 from .warmup import LatentScale, kl_weight
 
 HISTORY_COLUMNS = ["step", "epoch", "elbo", "beta", "time_s"]
@@ -140,6 +140,13 @@ class Trainer:
         invalid = error if validated else _validation_error(self.model, self.guide, x)
         if error is not None and not isinstance(invalid, ValueError):
             return error
+        if isinstance(invalid, ValueError) and "within the support" in str(invalid):
+            return DataError(
+                f"training stopped at step {step}: a value of its minibatch lies outside the "
+                f"support of the distribution that scores it ({first_line(invalid)}); nothing "
+                "was applied; fix or drop those rows, or choose a likelihood whose support "
+                "holds them"
+            )
         bad = _non_finite_sites(self.model, self.guide, x)
         where = (
             f"non-finite log-density at site(s) {bad}"
@@ -212,7 +219,7 @@ def _non_finite_sites(model, guide, x: Batch) -> list[str]:
             for trace in (traces.guide, traces.model):
                 trace.compute_log_prob()
                 for name, site in trace.nodes.items():
-                    if (is_latent(site) or is_observed(site)) and not bool(
+                    if (is_latent(site) or is_likelihood(site)) and not bool(
                         torch.isfinite(site["log_prob"]).all()
                     ):
                         bad.append(name)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pyro
 import torch
 from pyro import poutine
+from pyro.distributions import Unit
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
@@ -34,13 +35,27 @@ def is_latent(site: dict) -> bool:
     )
 
 
+def is_deterministic(site: dict) -> bool:
+    """A ``pyro.deterministic`` site: a recorded value whose log-density is masked to 0."""
+    return site["type"] == "sample" and bool(site["infer"].get("_deterministic", False))
+
+
+def is_factor(site: dict) -> bool:
+    """A ``pyro.factor`` site: an observed ``Unit`` whose log-density is the factor itself."""
+    return site["type"] == "sample" and site["is_observed"] and isinstance(site["fn"], Unit)
+
+
+def is_likelihood(site: dict) -> bool:
+    """A model sample site that scores without being a latent: an observation or a factor.
+
+    Pyro's ``Trace_ELBO`` sums the log-density of every sample site; in the model these are
+    the latents' priors and these terms (a ``pyro.deterministic`` site's is masked to 0)."""
+    return site["type"] == "sample" and site["is_observed"] and not is_deterministic(site)
+
+
 def is_observed(site: dict) -> bool:
-    """An observed sample site that contributes to log p(x|z) (not a ``pyro.deterministic``)."""
-    return (
-        site["type"] == "sample"
-        and site["is_observed"]
-        and not site["infer"].get("_deterministic", False)
-    )
+    """An observed data site (not a ``pyro.deterministic`` nor a ``pyro.factor``)."""
+    return is_likelihood(site) and not is_factor(site)
 
 
 def in_data_plate(site: dict, plate: str) -> bool:
@@ -82,8 +97,20 @@ class PairTraces:
 
 
 def is_guide_sample(site: dict) -> bool:
-    """A guide sample site that is part of q: latent or auxiliary, not a plate's subsample."""
+    """A guide sample site that q draws: latent or auxiliary, not a plate's subsample."""
     return site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+
+
+def is_guide_term(site: dict) -> bool:
+    """A guide site whose log-density is part of log q, as ``Trace_ELBO`` subtracts it: every
+    sample site but a plate's subsample, so observed sites and ``pyro.factor`` terms (e.g. a
+    flow's log-Jacobian beside a ``Delta``) too; a ``pyro.deterministic`` scores 0."""
+    return site["type"] == "sample" and not site_is_subsample(site) and not is_deterministic(site)
+
+
+def is_guide_factor(site: dict) -> bool:
+    """A guide site that scores but is not drawn: a ``pyro.factor`` or an observed site."""
+    return is_guide_term(site) and site["is_observed"]
 
 
 def as_batch(batch: Batch | torch.Tensor) -> Batch:
@@ -126,7 +153,7 @@ def run_pair(model: Callable, guide: Callable, batch: Batch | torch.Tensor) -> P
         raise PairError(
             f"running the model and guide on a minibatch of shape {batch.describe()} failed "
             f"({type(e).__name__}: {first_line(e)}); check that the data's width and values are "
-            "what the pair was built for"
+            f"what the pair was built for{_dtype_hint(batch)}"
         ) from e
     check_sites(model_trace, guide_trace)
     check_dtypes(batch, [s["value"] for t in (model_trace, guide_trace)
@@ -139,6 +166,18 @@ def run_pair(model: Callable, guide: Callable, batch: Batch | torch.Tensor) -> P
         max_plate_nesting(model_trace, guide_trace),
         plate.dim,
         plate.name,
+    )
+
+
+def _dtype_hint(batch: Batch) -> str:
+    """Where per-row arrays are not floating: that they are passed as given, and the fix."""
+    kinds = sorted({str(t.dtype) for t in batch.tensors if not t.is_floating_point()})
+    if not kinds:
+        return ""
+    return (
+        f"; per-row arrays are passed to the pair as given, and some are {', '.join(kinds)}: "
+        "if the pair computes with them as real numbers (a likelihood's value), convert them "
+        "first (x.float()); integer row numbers and bool masks are fine as they are"
     )
 
 
@@ -190,7 +229,7 @@ def check_sites(model_trace: Trace, guide_trace: Trace) -> None:
             f"the guide samples site(s) {extra} that the model lacks; remove them, rename "
             "them to the model's sites, or mark them infer={'is_auxiliary': True}"
         )
-    if not any(is_observed(s) for s in model_trace.nodes.values()):
+    if not any(is_likelihood(s) for s in model_trace.nodes.values()):
         raise PairError("the model observes nothing: pass obs=x to the likelihood's pyro.sample")
 
 
@@ -212,7 +251,7 @@ def data_plate(model_trace: Trace, batch_size: int):
     frames = {
         frame
         for site in model_trace.nodes.values()
-        if is_observed(site)
+        if is_likelihood(site)
         for frame in site["cond_indep_stack"]
         if frame.vectorized and frame.name != PARTICLE_PLATE and _spans(frame, site, batch_size)
     }

@@ -45,8 +45,9 @@ def arrays_with_faults(draw, dtype=DTYPES):
 
 
 def trained_dtype(values: np.ndarray) -> type:
-    """What ppl_vae trains on: float32 and float64 as they are, other dtypes as float32."""
-    return values.dtype.type if values.dtype in (np.float32, np.float64) else np.float32
+    """What ppl_vae passes to the pair: every dtype as it is (integers, bools, float32,
+    float64), except float16, which becomes float32 (torch's default dtype)."""
+    return np.float32 if values.dtype == np.float16 else values.dtype.type
 
 
 def first_fault(values: np.ndarray) -> tuple[int, int] | None:
@@ -76,9 +77,9 @@ def _check_validation(values: np.ndarray, data) -> None:
 @FEW
 @given(arrays_with_faults())
 def test_in_memory_data_is_refused_exactly_at_its_first_fault(values):
-    """The error names numpy's first non-finite entry; finite data of any numeric dtype passes:
-    float32 and float64 keep their dtype, others become float32 (torch's default dtype) with
-    the values numpy's cast gives."""
+    """The error names numpy's first non-finite entry; finite data of any numeric dtype passes
+    and keeps its dtype (Pyro's SVI passes arrays as given), except float16, which becomes
+    float32 (torch's default dtype) with the values numpy's cast gives."""
     kept = trained_dtype(values)
     with np.errstate(over="ignore"):
         tensor, expected = as_tensor(values), values.astype(kept)
