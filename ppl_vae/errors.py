@@ -23,6 +23,11 @@ class PairError(PplVaeError):
     """The model/guide pair cannot be loaded or does not fit together."""
 
 
+class ScoringError(PairError):
+    """ppl_vae's per-row and per-site split of a pair's log-density does not add up to the
+    sum Pyro's ``Trace_ELBO`` takes of the same traces: a number would be silently wrong."""
+
+
 class EstimatorError(PplVaeError):
     """Unknown estimator, or ``strict=True`` and a KL term has no closed form."""
 

@@ -30,7 +30,7 @@ from pyro.poutine.trace_struct import Trace
 
 from . import enumeration
 from .dataset import Batch, Dataset
-from .errors import PairError, first_line
+from .errors import PairError, ScoringError, first_line
 from .kl import closed_form_kl
 from .traces import (
     PAIR_FAILURES,
@@ -241,11 +241,6 @@ def score(
     if not exact.enum_dims:
         check_total(terms, model_trace, guide_trace)
     return terms
-
-
-class ScoringError(PairError):
-    """ppl_vae's per-row and per-site split of a pair's log-density does not add up to the
-    sum Pyro's ``Trace_ELBO`` takes of the same traces: a number would be silently wrong."""
 
 
 def check_total(terms: ParticleTerms, model_trace: Trace, guide_trace: Trace) -> None:

@@ -12,13 +12,14 @@ import pandas as pd
 import torch
 from pyro.distributions import constraints as pyro_constraints
 from pyro.infer.autoguide import AutoGuide
+from pyro.poutine.messenger import Messenger
 from torch.distributions import constraints
 
 from . import params as param_io
 from .data import check_support
 from .dataset import Batch, Dataset
 from .enumeration import enumerate_pair
-from .errors import PairError, PplVaeError, first_line
+from .errors import DataError, PairError, PplVaeError, first_line
 from .rng import forked
 from .traces import (
     PAIR_FAILURES,
@@ -40,8 +41,8 @@ def probe(
     ``unit_interval``, …) is checked on the whole per-row array it observes, naming row and
     column. One that depends on the minibatch (a ``Binomial``'s or ``Multinomial``'s
     ``total_count``, an ``interval`` between parameters) is checked on the first minibatch,
-    against that minibatch's own distribution; the other minibatches are checked by Pyro's
-    validation during their step, against theirs.
+    against that minibatch's own distribution; the other minibatches are checked during
+    their step, against theirs (:class:`SupportCheck`).
     """
     x = dataset.head(batch_size)
     layout = run_pair(model, guide, x)
@@ -60,6 +61,40 @@ def probe(
                           value.device)
     param_io.to_device(device)
     return layout if device.type == "cpu" else run_pair(model, guide, x.to(device))
+
+
+class SupportCheck(Messenger):
+    """Check the observed values of ``sites`` against their own distribution's support at
+    every step, as Pyro's validation would (it runs on a call's first step only, unless
+    ``validate_every_step``): for supports that depend on the minibatch, which the check of
+    the whole data before training cannot cover."""
+
+    def __init__(self, sites: set[str]):
+        super().__init__()
+        self.sites = sites
+
+    def _postprocess_message(self, msg: dict) -> None:
+        if msg["type"] != "sample" or msg["name"] not in self.sites or not msg["is_observed"]:
+            return
+        support = msg["fn"].support
+        if not bool(support.check(msg["value"]).all()):
+            raise DataError(
+                f"a value observed at site {msg['name']!r} lies outside the support its "
+                f"minibatch's distribution has ({support}); fix or drop those rows, or choose "
+                "a likelihood whose support holds them"
+            )
+
+
+def batch_supports(layout: PairTraces) -> set[str]:
+    """The observed sites whose support depends on the minibatch (see :func:`probe`)."""
+    return {n for n, s in layout.model.nodes.items()
+            if is_observed(s) and not is_fixed(s["fn"].support)}
+
+
+def check_batch_supports(model: Callable, layout: PairTraces) -> Callable:
+    """``model`` under :class:`SupportCheck` of its batch-dependent supports, if it has any."""
+    sites = batch_supports(layout)
+    return SupportCheck(sites)(model) if sites else model
 
 
 _FIXED = tuple(

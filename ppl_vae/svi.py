@@ -119,6 +119,8 @@ class Trainer:
             with _validation(validated):
                 loss, finite = svi_step(self.elbo, self.optim, self.model, self.guide, x,
                                         self.group, self.step_params)
+        except DataError as e:  # a value outside its batch's support (preflight.SupportCheck)
+            raise DataError(f"training stopped at step {step}: {e}; nothing was applied") from e
         except PplVaeError:
             raise
         except (ValueError, RuntimeError) as e:
@@ -142,10 +144,10 @@ class Trainer:
             return error
         if isinstance(invalid, ValueError) and "within the support" in str(invalid):
             return DataError(
-                f"training stopped at step {step}: a value of its minibatch lies outside the "
-                f"support of the distribution that scores it ({first_line(invalid)}); nothing "
-                "was applied; fix or drop those rows, or choose a likelihood whose support "
-                "holds them"
+                f"training stopped at step {step}: a value observed in its minibatch lies "
+                f"outside the support its distribution has ({first_line(invalid)}); fix or "
+                "drop those rows, or choose a likelihood whose support holds them; nothing was "
+                "applied"
             )
         bad = _non_finite_sites(self.model, self.guide, x)
         where = (

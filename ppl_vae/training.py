@@ -40,7 +40,13 @@ from .estimators import get
 from .kl import check_enumerates, check_fallback, check_reparameterized, kl_sites
 from .optim import ForeachAdam
 from .plates import scale_data_plate
-from .preflight import check_autoguide, check_broadcasting, check_warmup, probe
+from .preflight import (
+    check_autoguide,
+    check_batch_supports,
+    check_broadcasting,
+    check_warmup,
+    probe,
+)
 from .rng import forked
 from .svi import MinibatchOrder, StepInfo, Trainer, TrainingState, history
 from .warmup import LatentScale, anneal
@@ -290,6 +296,7 @@ def _prepare(model, guide, dataset, record, batch_size, device, group, seed, str
     check_reparameterized(sites, record)
     check_fallback(sites, record, strict)
     check_autoguide(guide, layout, batch_size, dataset.rows)
+    model = check_batch_supports(model, layout)
     per_datapoint = batch_size
     if layout.global_sites():  # then each step estimates the full-data ELBO
         model = scale_data_plate(model, dataset.rows / batch_size, layout.data_plate)
