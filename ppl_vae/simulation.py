@@ -24,7 +24,7 @@ from pyro import poutine
 
 from .dataset import Batch
 from .errors import PairError, first_line
-from .traces import PAIR_FAILURES, PairTraces, is_latent, is_observed
+from .traces import PAIR_FAILURES, PairTraces, is_factor, is_latent, is_observed
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,13 @@ def observed_arguments(layout: PairTraces, batch: Batch) -> dict[str, tuple[str,
     position)`` or ``("kwarg", name)``; refuses sites that observe anything else."""
     slots = [("arg", i) for i in range(len(batch.args))] + [("kwarg", k) for k in batch.per_row]
     tensors = batch.tensors
+    factors = [n for n, s in layout.model.nodes.items() if is_factor(s)]
+    if factors:
+        raise PairError(
+            f"the model has pyro.factor term(s) {factors}: drawing from it forward ignores "
+            "them, so the data it simulates are not from the model being fitted; calibration "
+            "needs a model that is a generative process (write the factor as a distribution)"
+        )
     found = {}
     for name, site in layout.model.nodes.items():
         if not is_observed(site):

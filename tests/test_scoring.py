@@ -288,3 +288,11 @@ def test_per_row_parameters_loaded_for_other_rows_say_which_rows(tmp_path):
     with pytest.raises(ppl_vae.CheckpointError, match=r"one entry per row.*the 200 rows it "
                        r"was trained on"):  # fmt: skip
         ppl_vae.load_params(tmp_path / "params.pt")
+
+
+def test_calibration_refuses_a_model_with_a_factor():
+    """Drawing from a model forward ignores its factors: the simulated data would not be from
+    the model being fitted, so SBC refuses instead of ranking against the wrong prior."""
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ppl_vae.PairError, match=r"pyro\.factor term\(s\) \['penalty'\]"):
+        ppl_vae.calibration(export_model, export_guide, x, num_simulations=10, num_draws=9)
