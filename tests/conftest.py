@@ -21,6 +21,16 @@ def fresh_pyro():
     pyro.clear_param_store()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny tensors (the two-thread pool costs
+    milliseconds per small op); ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits():
     """(train, test) of the embedded digits scaled to [0, 1], the fixed split."""
