@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import importlib  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
 import pyro  # noqa: E402
@@ -29,6 +30,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def pv():
+    """ppl_vae, imported per test so that the Pyro-only tests of a module run whatever its
+    state."""
+    return importlib.import_module("ppl_vae")
 
 
 @pytest.fixture(scope="session")

@@ -29,23 +29,21 @@ same ELBO). A pair that broadcasts over particles in Pyro must do so in ppl_vae:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import warnings
 
-import numpy as np
 import pyro
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
 from tests.conformance import call_args, take_rows
-from tests.corpus import SEEDS, generate, initialize, truth
+from tests.corpus import SEEDS, checks, generate, initialize, truth
+from tests.corpus.checks import PARTICLES, TRUTHS
 
 logging.getLogger("pyro").setLevel(logging.WARNING)
 pytestmark = pytest.mark.usefixtures("one_thread")
-PARTICLES = 1000  # ppl_vae's particles per evaluation, and Pyro's per truth
 PAIRS = {seed: generate(seed) for seed in SEEDS}
 
 
@@ -61,44 +59,11 @@ def _id(seed: int) -> str:
     return f"{PAIRS[seed].name}-{plan_for(seed).theme}"
 
 
-@pytest.fixture
-def pv():
-    """ppl_vae, imported per test so that the Pyro-only truth tests run whatever its state."""
-    module = importlib.import_module("ppl_vae")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", module.ParticleLoopWarning)
-        warnings.filterwarnings("ignore", ".*TraceEnum_ELBO", UserWarning)
-        yield module
-
-
 def ready(seed: int):
     """A fresh pair of ``seed`` with its parameters at their starting values."""
     pair = generate(seed)
     initialize(pair)
     return pair
-
-
-def evaluate(pv, pair, estimator: str, **options):
-    options.setdefault("seed", 11)
-    return pv.evaluate(pair.model, pair.guide, pair.data, PARTICLES, estimator=estimator,
-                       model_kwargs=pair.model_kwargs, **options)
-
-
-def joint(frame) -> tuple[float, float]:
-    return float(frame.attrs["joint"]["elbo"]), float(frame.attrs["joint"]["elbo_se"])
-
-
-def compare_joint(pair, frame, kind: str, ref: tuple[float, float], what: str) -> None:
-    """ppl_vae's joint ELBO of ``frame`` against Pyro's ``ref`` (mean, se), 5 combined se.
-    ppl_vae's se is at least Pyro's scaled to its particles (same distribution, so a wrong
-    se of ppl_vae cannot make the band narrower)."""
-    elbo, se = joint(frame)
-    mean, ref_se = ref
-    se = max(se if se == se else 0.0, ref_se)
-    assert truth.agree(elbo, mean, se, ref_se), (
-        f"{pair.describe()}: {what}: ppl_vae {elbo:.3f} ± {se:.3f}, Pyro's {kind} "
-        f"{mean:.3f} ± {ref_se:.3f} (difference {elbo - mean:+.3f})"
-    )
 
 
 # =============================================================================================
@@ -171,136 +136,35 @@ def test_truth_pyro_svi_steps_on_the_minibatches(seed):
 # =============================================================================================
 
 
-TRUTHS = {"sampled": "Trace_ELBO", "analytic": "TraceMeanField_ELBO", "enum": "TraceEnum_ELBO"}
 JOINT = [(kind, s) for kind in TRUTHS for s, p in PAIRS.items() if p.applies(kind)]
 
 
 @pytest.mark.parametrize(("kind", "seed"), JOINT, ids=[f"{k}-{_id(s)}" for k, s in JOINT])
 def test_joint_elbo_is_pyros(pv, kind, seed):
     # evaluate(estimator=kind) against Pyro's estimator of that kind at the same parameters
-    pair = ready(seed)
-    ref = truth.elbo(pair, kind, PARTICLES, chunks=10)
-    frame = evaluate(pv, pair, kind)
-    compare_joint(pair, frame, TRUTHS[kind], ref, f"joint ELBO, estimator={kind!r}")
-    if pair.applies("rows"):  # the rows are the whole of the joint numbers
-        assert joint(frame)[0] == pytest.approx(frame["elbo"].sum(), rel=1e-6, abs=1e-4)
-
-
-def ppl_log_weights(pv, pair, num_samples: int, batch_size: int = 256, seed: int = 12):
-    """ppl_vae's log weights of the whole data set per particle: the rows' local weights
-    summed (rows independent), or ``log_weights(...).joint`` with global latents."""
-    if pair.global_latents:
-        how = dict(batch_size=batch_size, particle_batch=num_samples, seed=seed,
-                   model_kwargs=pair.model_kwargs)
-        weights = pv.evaluation.log_weights(pair.model, pair.guide, pair.data, num_samples, how)
-        return weights.joint.double().numpy()
-    local = pv.importance_log_weights(pair.model, pair.guide, pair.data, num_samples,
-                                      batch_size=batch_size, particle_batch=num_samples,
-                                      seed=seed, model_kwargs=pair.model_kwargs)
-    assert tuple(local.shape) == (num_samples, pair.num_rows), pair.describe()
-    return local.sum(1).double().numpy()
-
-
-def compare_weights(pair, ours: np.ndarray, ref: np.ndarray, what: str) -> None:
-    """Same distribution: the means (the ELBO) within 5 combined se, and the K-sample
-    log-mean-exp (log p(X)) within 5 sds of the bootstrap of Pyro's pooled weights."""
-    se = ours.std(ddof=1) / math.sqrt(len(ours))
-    ref_se = ref.std(ddof=1) / math.sqrt(len(ref))
-    assert truth.agree(ours.mean(), ref.mean(), max(se, ref_se), ref_se), (
-        f"{pair.describe()}: {what}: mean log weight ppl_vae {ours.mean():.3f} ± {se:.3f}, "
-        f"Pyro's vectorized_importance_weights {ref.mean():.3f} ± {ref_se:.3f}"
-    )
-    lme = truth.log_mean_exp(ours)
-    mean, sd = truth.iwae(ref, len(ours))
-    assert truth.agree(lme, mean, sd, atol=0.05), (
-        f"{pair.describe()}: {what}: log-mean-exp of {len(ours)} weights ppl_vae {lme:.3f}, "
-        f"Pyro's {mean:.3f} (sd {sd:.3f})"
-    )
+    checks.check_joint(pv, ready(seed), kind)
 
 
 @seeds("weights")
 def test_importance_weights_are_pyros(pv, seed):
-    pair = ready(seed)
-    ref = truth.log_weights(pair, 4 * PARTICLES)
-    compare_weights(pair, ppl_log_weights(pv, pair, PARTICLES), ref, "importance log weights")
+    checks.check_weights(pv, ready(seed))
 
 
 @seeds("rows")
 def test_row_elbo_is_pyros_on_that_row(pv, seed):
-    pair = ready(seed)
-    kind = "enum" if pair.estimator == "enum" else "sampled"
-    frame = evaluate(pv, pair, pair.estimator)
-    assert len(frame) == pair.num_rows
-    means, ses = truth.row_elbos(pair, kind, PARTICLES)
-    ours, our_se = frame["elbo"].to_numpy(), frame["elbo_se"].to_numpy()
-    bad = [
-        f"row {n}: ppl_vae {ours[n]:.3f} ± {our_se[n]:.3f}, Pyro {means[n]:.3f} ± {ses[n]:.3f}"
-        for n in range(pair.num_rows)
-        if not truth.agree(ours[n], means[n], max(our_se[n], ses[n]), ses[n])
-    ]
-    assert not bad, f"{pair.describe()}: per-row ELBO against Pyro on that row alone: {bad}"
-    np.testing.assert_allclose(ours, frame["reconstruction"] - frame["kl"], rtol=0, atol=1e-6)
-    columns = [c for c in frame.columns if c.startswith("kl[")]
-    assert columns, pair.describe()
-    np.testing.assert_allclose(frame["kl"], frame[columns].sum(1), rtol=1e-6, atol=1e-4)
+    checks.check_rows(pv, ready(seed))
 
 
 @seeds("batch_size")
 def test_numbers_do_not_depend_on_the_evaluation_batch_size(pv, seed):
-    pair = ready(seed)
-    kind = "enum" if pair.estimator == "enum" else "sampled"
-    ref = truth.elbo(pair, kind, PARTICLES, chunks=10)
-    small = evaluate(pv, pair, pair.estimator, batch_size=3, seed=13)
-    assert len(small) == pair.num_rows
-    compare_joint(pair, small, kind, ref, "joint ELBO at batch_size=3")
-    if pair.applies("rows"):
-        whole = evaluate(pv, pair, pair.estimator, batch_size=pair.num_rows)
-        a, b = whole["elbo"].to_numpy(), small["elbo"].to_numpy()
-        se = np.hypot(whole["elbo_se"].to_numpy(), small["elbo_se"].to_numpy())
-        bad = [n for n in range(len(a)) if not truth.agree(a[n], b[n], se[n])]
-        assert not bad, (pair.describe(), [(n, a[n], b[n], se[n]) for n in bad])
-    if pair.applies("weights"):
-        ref_w = truth.log_weights(pair, 2 * PARTICLES)
-        ours = ppl_log_weights(pv, pair, PARTICLES, batch_size=3)
-        compare_weights(pair, ours, ref_w, "importance log weights at batch_size=3")
+    checks.check_batch_size(pv, ready(seed))
 
 
 @seeds()
 def test_diagnostics_and_inference_data_export(pv, seed):
-    pair = ready(seed)
-    table = pv.vi_diagnostics(pair.model, pair.guide, pair.data, 100, seed=14,
-                              model_kwargs=pair.model_kwargs)
-    assert len(table) == pair.num_rows and np.isfinite(table["log_likelihood"]).all()
-    draws = 10
-    idata = pv.to_inference_data(pair.model, pair.guide, pair.data, draws, seed=15,
-                                 model_kwargs=pair.model_kwargs)
-    groups = {g: set(idata[g].data_vars) for g in ("posterior", "observed_data",
-                                                   "log_likelihood", "posterior_predictive")}
-    problems = []
-    for group in ("observed_data", "log_likelihood", "posterior_predictive"):
-        factors = groups[group] & set(pair.factors)
-        if factors:
-            problems.append(f"factor(s) {sorted(factors)} in {group}")
-    missing = set(pair.deterministic) - groups["posterior"]
-    if missing:
-        problems.append(f"deterministic site(s) {sorted(missing)} not in posterior "
-                        f"{sorted(groups['posterior'])}")
-    # a latent's draws have the site's shape in one run of the pair on all rows: no stray dims
-    args, kwargs = call_args(pair.data, pair.model_kwargs)
-    with torch.no_grad():
-        guide_trace = pyro.poutine.trace(pair.guide).get_trace(*args, **kwargs)
-    for name in groups["posterior"] & set(guide_trace.nodes):
-        want = (1, draws) + tuple(guide_trace.nodes[name]["value"].shape)
-        if tuple(idata["posterior"][name].shape) != want:
-            problems.append(f"posterior {name!r} has shape {tuple(idata['posterior'][name].shape)}"
-                            f", the site {want[2:]} (after chain, draw)")
-    assert not problems, f"{pair.describe()}: " + "; ".join(problems)
+    checks.check_export(pv, ready(seed))
 
 
 @seeds()
 def test_fit_takes_steps_on_minibatches(pv, seed):
-    pair = ready(seed)
-    result = pv.fit(pair.model, pair.guide, pair.data, num_steps=3,
-                    batch_size=pair.fit_batch_size, estimator=pair.estimator, lr=1e-3, seed=0,
-                    model_kwargs=pair.model_kwargs)
-    assert len(result.history) == 3 and np.isfinite(result.history["elbo"]).all()
+    checks.check_fit(pv, ready(seed))

@@ -53,6 +53,8 @@ class CorpusPair:
             must show in ``posterior``).
         fit_batch_size: rows per training step (the whole data where a guide has one
             parameter per row of the plate it first saw).
+        broadcasts: whether the pair runs under a vectorized particle plate (Pyro's truths
+            and ppl_vae then draw particles vectorized; else one at a time).
     """
 
     name: str
@@ -70,6 +72,7 @@ class CorpusPair:
     factors: tuple[str, ...] = ()
     deterministic: tuple[str, ...] = ()
     fit_batch_size: int | None = None
+    broadcasts: bool = True
 
     @property
     def num_rows(self) -> int:

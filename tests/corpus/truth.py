@@ -36,10 +36,11 @@ SIGMAS = 5.0
 def elbo(pair: CorpusPair, kind: str, num_particles: int = 2000, chunks: int = 20,
          data=None) -> tuple[float, float]:
     """Pyro's ELBO estimator ``kind`` on ``data`` (default the pair's): mean and standard error
-    of ``chunks`` calls of ``num_particles // chunks`` vectorized particles each."""
+    of ``chunks`` calls of ``num_particles // chunks`` particles each (vectorized where the
+    pair broadcasts, else drawn one by one)."""
     args, kwargs = call_args(pair.data if data is None else data, pair.model_kwargs)
     estimator = ESTIMATORS[kind](num_particles=max(1, num_particles // chunks),
-                                 vectorize_particles=True,
+                                 vectorize_particles=pair.broadcasts,
                                  max_plate_nesting=pair.max_plate_nesting)
     with torch.no_grad():
         values = [-float(estimator.loss(pair.model, pair.guide, *args, **kwargs))
