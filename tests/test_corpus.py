@@ -13,8 +13,8 @@ idioms; at the pair's starting parameters ppl_vae's numbers are compared with Py
   K-sample estimate of log p(X));
 - with only local latents, row n's ELBO with Pyro's on the data of row n alone, and
   ``elbo == reconstruction − kl``, ``kl == Σ kl[site]``;
-- the numbers at evaluation batch sizes N and 3 (the first batch of 3 rows is not typical:
-  the longest sequence and masked rows come later);
+- the numbers at evaluation batch size N and at small ones, 3 and one whose last batch has one
+  row (the first batch is not typical: the longest sequence comes last);
 - ``vi_diagnostics`` and ``to_inference_data`` run, factors never appear as data or
   log-likelihood and ``pyro.deterministic`` sites appear in ``posterior``;
 - ``fit`` takes a few steps on minibatches (the data is valid: Pyro's SVI steps on them).

@@ -26,16 +26,17 @@ CHECKS = (
     "enum",  # evaluate(estimator="enum") against TraceEnum_ELBO
     "weights",  # importance log weights against vectorized_importance_weights
     "rows",  # row n's ELBO against Pyro's on that row alone
-    "batch_size",  # the same numbers at evaluation batch sizes N and 3
+    "batch_size",  # the same numbers at evaluation batch size N and a small one
 )
 
 
 @dataclass
 class CorpusPair:
-    """One generated pair.
+    """One pair checked against Pyro's truths: generated here, or written from one of Pyro's
+    examples (``tests/conformance``, whose ``source`` names the example's file).
 
     Attributes:
-        name: ``c{seed:02d}``.
+        name: ``c{seed:02d}`` for a generated pair.
         seed: the seed it was generated from.
         idioms: the Pyro idioms it uses, e.g. ``("guide:delta+factor", "data:int64")``.
         model, guide: the Pyro pair.
@@ -44,7 +45,8 @@ class CorpusPair:
         max_plate_nesting: the model's plate nesting (Pyro's vectorized estimators need it).
         global_latents: whether q has sites outside the data plate (its rows are coupled).
         init: ``f()`` that puts the pair's parameters in the param store at their fixed
-            starting values (every call gives the same values).
+            starting values (every call gives the same values); without it,
+            :func:`initialize` runs the pair once under a fixed seed.
         skips: check name → why it does not apply to this pair.
         estimator: the estimator that trains this pair (``"enum"`` where the model sums a
             site out).
@@ -55,10 +57,10 @@ class CorpusPair:
             parameter per row of the plate it first saw).
         broadcasts: whether the pair runs under a vectorized particle plate (Pyro's truths
             and ppl_vae then draw particles vectorized; else one at a time).
+        extras: anything else a pair provides (its modules, helpers).
     """
 
     name: str
-    seed: int
     idioms: tuple[str, ...]
     model: Callable
     guide: Callable
@@ -66,13 +68,16 @@ class CorpusPair:
     model_kwargs: dict | None
     max_plate_nesting: int
     global_latents: bool
-    init: Callable[[], None]
+    init: Callable[[], None] | None = None
+    seed: int = 0
+    source: str = ""
     skips: dict[str, str] = field(default_factory=dict)
     estimator: str = "sampled"
     factors: tuple[str, ...] = ()
     deterministic: tuple[str, ...] = ()
     fit_batch_size: int | None = None
     broadcasts: bool = True
+    extras: dict = field(default_factory=dict)
 
     @property
     def num_rows(self) -> int:
@@ -84,7 +89,8 @@ class CorpusPair:
         return check not in self.skips
 
     def describe(self) -> str:
-        return f"{self.name} [{', '.join(self.idioms)}]"
+        source = f" ({self.source})" if self.source else ""
+        return f"{self.name}{source} [{', '.join(self.idioms)}]"
 
     def call_args(self) -> tuple[tuple, dict]:
         from tests.conformance import call_args
@@ -93,9 +99,20 @@ class CorpusPair:
 
 
 def initialize(pair: CorpusPair) -> None:
-    """Empty the param store and put ``pair``'s parameters at their starting values."""
+    """Empty the param store and put ``pair``'s parameters at their starting values: its
+    ``init``, or the guide and the model run once on all rows under its seed (parameters
+    drawn at random on first use are then the same every time)."""
+    from pyro import poutine
+
     pyro.clear_param_store()
-    pair.init()
+    if pair.init is not None:
+        pair.init()
+        return
+    args, kwargs = pair.call_args()
+    with torch.random.fork_rng():
+        pyro.set_rng_seed(pair.seed)
+        guide_trace = poutine.trace(pair.guide).get_trace(*args, **kwargs)
+        poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args, **kwargs)
 
 
 def generate(seed: int) -> CorpusPair:

@@ -547,16 +547,6 @@ def build(plan: Plan) -> CorpusPair:
         guide = _called_by_pyro(make_guide(parts), parts.names)
     data = _form(plan, arrays)
     model_kwargs = {"annealing_factor": plan.annealing} if plan.annealing else None
-    from tests.conformance import call_args
-
-    args, kwargs = call_args(data, model_kwargs)
-
-    def init():
-        with torch.random.fork_rng():
-            pyro.set_rng_seed(2000 + plan.seed)
-            guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-            poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-
     global_latents = bool(plan.global_mu or plan.global_sd or plan.whole == "AutoDiagonalNormal")
     return CorpusPair(
         name=f"c{plan.seed:02d}",
@@ -568,7 +558,6 @@ def build(plan: Plan) -> CorpusPair:
         model_kwargs=model_kwargs,
         max_plate_nesting=2 if plan.layout == "nested" else 1,
         global_latents=global_latents,
-        init=init,
         skips=skips(plan, global_latents),
         estimator="enum" if plan.discrete == "model_enum" else "sampled",
         factors=_factors(plan),
