@@ -30,15 +30,11 @@ same ELBO). A pair that broadcasts over particles in Pyro must do so in ppl_vae:
 from __future__ import annotations
 
 import logging
-import math
-import warnings
 
-import pyro
 import pytest
 import torch
-from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO
 
-from tests.conformance import call_args, take_rows
+from tests.conformance import call_args
 from tests.corpus import SEEDS, checks, generate, initialize, truth
 from tests.corpus.checks import PARTICLES, TRUTHS
 
@@ -95,40 +91,14 @@ def test_truth_corpus_covers_every_idiom():
 
 @seeds()
 def test_truth_pyro_estimators_agree_on_the_same_elbo(seed):
-    # the truths are one ELBO: Trace_ELBO, the mean of vectorized_importance_weights, log
-    # weights summed by hand over every sample site of both traces, TraceMeanField_ELBO where
-    # "analytic" applies, TraceEnum_ELBO where the guide enumerates (the same expectation)
-    pair = ready(seed)
-    kind = "enum" if pair.estimator == "enum" else "sampled"
-    ref = truth.elbo(pair, kind, PARTICLES // 2, chunks=10)
-    if pair.applies("weights"):
-        for name, w in (("vectorized_importance_weights", truth.log_weights(pair, PARTICLES)),
-                        ("hand", truth.hand_log_weights(pair, PARTICLES))):
-            se = w.std(ddof=1) / math.sqrt(len(w))
-            assert truth.agree(w.mean(), ref[0], se, ref[1]), (pair.describe(), name,
-                                                               w.mean(), se, ref)
-    for other in ("analytic", "enum"):
-        if pair.applies(other) and other != kind:
-            value = truth.elbo(pair, other, PARTICLES // 2, chunks=10)
-            assert truth.agree(*value[:1], ref[0], value[1], ref[1]), (pair.describe(), other,
-                                                                       value, ref)
+    truth.assert_one_elbo(ready(seed), PARTICLES // 2)
 
 
 @seeds()
 def test_truth_pyro_svi_steps_on_the_minibatches(seed):
-    # the data is valid for the pair on every minibatch ppl_vae's fit may draw: Pyro's SVI
-    # steps on each contiguous batch of fit_batch_size rows
+    # the data is valid for the pair on the minibatches ppl_vae's fit draws
     pair = ready(seed)
-    size = pair.fit_batch_size
-    elbo = (TraceEnum_ELBO if pair.estimator == "enum" else Trace_ELBO)(
-        max_plate_nesting=pair.max_plate_nesting)
-    svi = SVI(pair.model, pair.guide, pyro.optim.Adam({"lr": 1e-3}), elbo)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*TraceEnum_ELBO", UserWarning)
-        for start in range(0, min(pair.num_rows - size + 1, 2 * size), size):
-            batch = take_rows(pair.data, torch.arange(start, start + size))
-            args, kwargs = call_args(batch, pair.model_kwargs)
-            assert math.isfinite(svi.step(*args, **kwargs))
+    truth.svi_steps(pair, pair.fit_batch_size)
 
 
 # =============================================================================================

@@ -8,7 +8,9 @@
 - :func:`row_elbos`: row n's ELBO as Pyro computes it on the data of that row alone (per-row
   data through the same pair), for pairs whose rows are independent.
 - :func:`hand_log_weights`: the same log weights summed by hand from ``poutine.trace`` (every
-  sample site of both traces, with its scale and mask), to cross-check the others.
+  sample site of both traces, with its scale and mask), to cross-check the others;
+- :func:`assert_one_elbo`: the truths agree with each other where they target the same ELBO;
+  :func:`svi_steps`: Pyro's SVI steps on the pair (on minibatches: the data is valid there).
 
 Every function here uses Pyro only, so the truths hold whatever ppl_vae's state.
 """
@@ -16,12 +18,13 @@ Every function here uses Pyro only, so the truths hold whatever ppl_vae's state.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 
 from tests.conformance import call_args, mean_se, num_rows, take_rows
 
@@ -142,3 +145,40 @@ def agree(value: float, reference: float, *ses: float, atol: float = 1e-3) -> bo
     """|value − reference| ≤ SIGMAS · sqrt(Σ se²) + atol (a NaN se counts as 0)."""
     se = math.sqrt(sum(s * s for s in ses if s == s))
     return abs(value - reference) <= SIGMAS * se + atol
+
+
+def assert_one_elbo(pair: CorpusPair, num_particles: int = 500) -> None:
+    """The truths are one ELBO: Trace_ELBO, the mean of vectorized_importance_weights, log
+    weights summed by hand over every sample site of both traces, TraceMeanField_ELBO where
+    "analytic" applies, TraceEnum_ELBO where the guide enumerates (the same expectation)."""
+    kind = "enum" if pair.estimator == "enum" else "sampled"
+    ref = elbo(pair, kind, num_particles, chunks=10)
+    if pair.applies("weights"):
+        for name, w in (("vectorized_importance_weights", log_weights(pair, 2 * num_particles)),
+                        ("hand", hand_log_weights(pair, 2 * num_particles))):
+            se = w.std(ddof=1) / math.sqrt(len(w))
+            assert agree(w.mean(), ref[0], se, ref[1]), (pair.describe(), name, w.mean(), se,
+                                                         ref)
+    for other in ("analytic", "enum"):
+        if pair.applies(other) and other != kind:
+            value = elbo(pair, other, num_particles, chunks=10)
+            assert agree(value[0], ref[0], value[1], ref[1]), (pair.describe(), other, value,
+                                                               ref)
+
+
+def svi_steps(pair: CorpusPair, batch_size: int | None = None, max_batches: int = 2,
+              lr: float = 1e-3) -> None:
+    """Pyro's SVI (Trace_ELBO, or TraceEnum_ELBO for a pair trained with ``"enum"``) steps on
+    contiguous minibatches of ``batch_size`` rows (default all rows), at most ``max_batches``
+    of them; each loss must be finite."""
+    size = batch_size or num_rows(pair.data)
+    loss = (TraceEnum_ELBO if pair.estimator == "enum" else Trace_ELBO)(
+        max_plate_nesting=pair.max_plate_nesting)
+    svi = SVI(pair.model, pair.guide, pyro.optim.Adam({"lr": lr}), loss)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*TraceEnum_ELBO", UserWarning)
+        starts = range(0, num_rows(pair.data) - size + 1, size)
+        for start in list(starts)[:max_batches]:
+            batch = take_rows(pair.data, torch.arange(start, start + size))
+            args, kwargs = call_args(batch, pair.model_kwargs)
+            assert math.isfinite(svi.step(*args, **kwargs)), (pair.describe(), start)
