@@ -14,7 +14,8 @@ and a mixture prior summed out of the model with ``Vindex``.
 
 Each pair starts from its own first run under a fixed seed and takes a few steps of Pyro's SVI
 (so the parameters are away from their start whatever ppl_vae's ``fit`` does); then the checks of
-``tests/corpus/checks.py`` apply where the pair says they do: joint ELBO against
+``tests/corpus/checks.py`` apply where the pair says they do, one per test
+(``test_ppl_vae_agrees_with_pyro[CHECK-PAIR]``): joint ELBO against
 ``Trace_ELBO``/``TraceMeanField_ELBO``/``TraceEnum_ELBO``, importance weights against
 ``vectorized_importance_weights``, row ELBOs against Pyro on each row alone, the numbers at small
 evaluation batch sizes, diagnostics and ArviZ export; and ``fit`` takes steps on minibatches
@@ -54,8 +55,7 @@ from tests.conformance import (
     shared_module,
     take_rows,
 )
-from tests.corpus import CorpusPair, checks, generate, initialize, truth
-from tests.corpus.checks import PARTICLES, TRUTHS
+from tests.corpus import CHECKS, CorpusPair, checks, generate, initialize, truth
 
 logging.getLogger("pyro").setLevel(logging.WARNING)
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,14 +94,9 @@ CASES: dict[str, Callable[[], CorpusPair]] = {
 }
 EXTRA = {"markov(corpus c20)": lambda: generate(20)}  # for the tests of issue 20 only
 PROBE = {name: build() for name, build in CASES.items()}  # what applies to which pair
-# the tutorial's regression does not broadcast: Pyro and ppl_vae draw its particles one by one
-PARTICLES_OF = {"bayesian_regression": 50}
-BATCHES_OF = {"bayesian_regression": [85]}
 
 
-def names(check: str | None = None):
-    chosen = [n for n, p in PROBE.items() if check is None or p.applies(check)]
-    return pytest.mark.parametrize("name", chosen)
+EVERY_PAIR = pytest.mark.parametrize("name", list(PROBE))
 
 
 def ready(name: str, steps: int = 5) -> CorpusPair:
@@ -120,13 +115,13 @@ def ready(name: str, steps: int = 5) -> CorpusPair:
 # =============================================================================================
 
 
-@names()
+@EVERY_PAIR
 def test_truth_pyro_estimators_agree_on_the_same_elbo(name):
     pair = ready(name)
-    truth.assert_one_elbo(pair, PARTICLES_OF.get(name, PARTICLES) // 2)
+    truth.assert_one_elbo(pair, pair.extras.get("particles", 300))
 
 
-@names()
+@EVERY_PAIR
 def test_truth_pyro_svi_steps_on_the_minibatches(name):
     # the data is valid on every minibatch: Pyro's SVI steps on each (the DMM's first batches
     # lack the longest sequence, ProdLDA's the longest document)
@@ -151,39 +146,13 @@ def test_truth_pyro_svi_steps_a_tensor_registered_under_two_names_once():
 # =============================================================================================
 
 
-@names()
-def test_fit_takes_steps_on_minibatches(pv, name):
-    pair = ready(name, steps=0)
-    checks.check_fit(pv, pair)
+CASES_CHECKED = [(c, n) for c in CHECKS for n, p in PROBE.items() if p.applies(c)]
 
 
-JOINT = [(kind, n) for kind in TRUTHS for n, p in PROBE.items() if p.applies(kind)]
-
-
-@pytest.mark.parametrize(("kind", "name"), JOINT)
-def test_joint_elbo_is_pyros(pv, kind, name):
-    checks.check_joint(pv, ready(name), kind, PARTICLES_OF.get(name, PARTICLES))
-
-
-@names("weights")
-def test_importance_weights_are_pyros(pv, name):
-    checks.check_weights(pv, ready(name))
-
-
-@names("rows")
-def test_row_elbo_is_pyros_on_that_row(pv, name):
-    checks.check_rows(pv, ready(name))
-
-
-@names("batch_size")
-def test_numbers_do_not_depend_on_the_evaluation_batch_size(pv, name):
-    checks.check_batch_size(pv, ready(name), PARTICLES_OF.get(name, PARTICLES),
-                            BATCHES_OF.get(name))
-
-
-@names()
-def test_diagnostics_and_inference_data_export(pv, name):
-    checks.check_export(pv, ready(name))
+@pytest.mark.parametrize(("check", "name"), CASES_CHECKED)
+def test_ppl_vae_agrees_with_pyro(pv, check, name):
+    # one check of tests/corpus/checks.py on one pair, after a few steps of Pyro's SVI
+    checks.run(pv, ready(name), check)
 
 
 # =============================================================================================

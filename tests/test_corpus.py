@@ -2,7 +2,8 @@
 
 Each pair of ``tests/corpus`` (a seed per pair, see ``tests/corpus/generator.py``) composes Pyro
 idioms; at the pair's starting parameters ppl_vae's numbers are compared with Pyro's own
-(``tests/corpus/truth.py``):
+(``tests/corpus/truth.py``), one check of ``tests/corpus/checks.py`` per test
+(``test_ppl_vae_agrees_with_pyro[CHECK-PAIR-THEME]``, the failure naming the pair's idioms):
 
 - ``evaluate(estimator="sampled").attrs["joint"]["elbo"]`` with ``-Trace_ELBO().loss``,
   ``"analytic"`` with ``TraceMeanField_ELBO`` where it is the same objective, ``"enum"`` with
@@ -35,18 +36,15 @@ import pytest
 import torch
 
 from tests.conformance import call_args
-from tests.corpus import SEEDS, checks, generate, initialize, truth
-from tests.corpus.checks import PARTICLES, TRUTHS
+from tests.corpus import CHECKS, SEEDS, checks, generate, initialize, truth
+from tests.corpus.checks import PARTICLES
 
 logging.getLogger("pyro").setLevel(logging.WARNING)
 pytestmark = pytest.mark.usefixtures("one_thread")
 PAIRS = {seed: generate(seed) for seed in SEEDS}
 
 
-def seeds(check: str | None = None):
-    """The seeds of the pairs ``check`` applies to, with their names and themes as ids."""
-    chosen = [s for s, p in PAIRS.items() if check is None or p.applies(check)]
-    return pytest.mark.parametrize("seed", chosen, ids=[_id(s) for s in chosen])
+EVERY_PAIR = pytest.mark.parametrize("seed", list(PAIRS), ids=[f"c{s:02d}" for s in PAIRS])
 
 
 def _id(seed: int) -> str:
@@ -89,12 +87,12 @@ def test_truth_corpus_covers_every_idiom():
     assert all(torch.equal(u, v) for u, v in zip(args_a, args_b, strict=True))
 
 
-@seeds()
+@EVERY_PAIR
 def test_truth_pyro_estimators_agree_on_the_same_elbo(seed):
     truth.assert_one_elbo(ready(seed), PARTICLES // 2)
 
 
-@seeds()
+@EVERY_PAIR
 def test_truth_pyro_svi_steps_on_the_minibatches(seed):
     # the data is valid for the pair on the minibatches ppl_vae's fit draws
     pair = ready(seed)
@@ -106,35 +104,10 @@ def test_truth_pyro_svi_steps_on_the_minibatches(seed):
 # =============================================================================================
 
 
-JOINT = [(kind, s) for kind in TRUTHS for s, p in PAIRS.items() if p.applies(kind)]
+CASES = [(check, s) for check in CHECKS for s, p in PAIRS.items() if p.applies(check)]
 
 
-@pytest.mark.parametrize(("kind", "seed"), JOINT, ids=[f"{k}-{_id(s)}" for k, s in JOINT])
-def test_joint_elbo_is_pyros(pv, kind, seed):
-    # evaluate(estimator=kind) against Pyro's estimator of that kind at the same parameters
-    checks.check_joint(pv, ready(seed), kind)
-
-
-@seeds("weights")
-def test_importance_weights_are_pyros(pv, seed):
-    checks.check_weights(pv, ready(seed))
-
-
-@seeds("rows")
-def test_row_elbo_is_pyros_on_that_row(pv, seed):
-    checks.check_rows(pv, ready(seed))
-
-
-@seeds("batch_size")
-def test_numbers_do_not_depend_on_the_evaluation_batch_size(pv, seed):
-    checks.check_batch_size(pv, ready(seed))
-
-
-@seeds()
-def test_diagnostics_and_inference_data_export(pv, seed):
-    checks.check_export(pv, ready(seed))
-
-
-@seeds()
-def test_fit_takes_steps_on_minibatches(pv, seed):
-    checks.check_fit(pv, ready(seed))
+@pytest.mark.parametrize(("check", "seed"), CASES, ids=[f"{c}-{_id(s)}" for c, s in CASES])
+def test_ppl_vae_agrees_with_pyro(pv, check, seed):
+    # one check of tests/corpus/checks.py on one generated pair, at its starting parameters
+    checks.run(pv, ready(seed), check)

@@ -25,6 +25,8 @@ import torch
 from pyro.nn import PyroModule, PyroSample
 from torch import nn
 
+from . import checked
+
 SOURCE = "tutorial/source/bayesian_regression.ipynb"
 ROWS = 170
 
@@ -69,27 +71,16 @@ def pair(rows: int = ROWS, broadcasting: bool = False):
     """The tutorial's pair (or its broadcasting twin) on ``rows`` rows."""
     from pyro.infer.autoguide import AutoDiagonalNormal
 
-    from tests.corpus import CorpusPair
-
     model = (BroadcastingRegression if broadcasting else BayesianRegression)(3, 1)
-    return CorpusPair(
-        name="bayesian_regression[broadcasting]" if broadcasting else "bayesian_regression",
-        source=SOURCE,
-        idioms=("PyroModule", "PyroSample", "autoguide:AutoDiagonalNormal(whole model)",
-                "forward(x, y=None)", "global:latent", "no particle broadcasting",
-                "data:tuple"),
-        model=model,
-        guide=AutoDiagonalNormal(model),
-        data=rugged(rows),
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=True,
-        broadcasts=broadcasting,
-        skips={"enum": "no site is marked for enumeration",
-               "rows": "global latents couple the rows",
-               "analytic": ("an autoguide's Delta at a constrained site (sigma) carries a "
+    return checked(
+        "bayesian_regression[broadcasting]" if broadcasting else "bayesian_regression", SOURCE,
+        ("PyroModule", "PyroSample", "autoguide:AutoDiagonalNormal(whole model)",
+         "forward(x, y=None)", "global:latent", "no particle broadcasting", "data:tuple"),
+        model, AutoDiagonalNormal(model), rugged(rows), global_latents=True,
+        broadcasts=broadcasting, fit_batch_size=32,
+        extras={} if broadcasting else {"particles": 50, "batch_sizes": [85]},
+        skips={"analytic": ("an autoguide's Delta at a constrained site (sigma) carries a "
                             "log-Jacobian that TraceMeanField_ELBO drops"),
                "weights": ("Pyro's vectorized_importance_weights needs a pair that broadcasts "
                            "over particles")},
-        fit_batch_size=32,
     )

@@ -15,11 +15,15 @@ on the documents' concentration) is a constant 0.8. Sizes: 3 topics, 6 words, 20
 
 from __future__ import annotations
 
+import functools
+
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn as nn
 from torch.distributions import constraints
+
+from . import checked, seeded, word_counts
 
 SOURCE = "examples/lda.py"
 TOPICS, WORDS, ROWS = 3, 6, 20
@@ -58,35 +62,13 @@ def documents(rows: int = ROWS, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     lengths = torch.randint(3, 8, (rows,), generator=g)
     lengths[-1] = 9
-    probs = torch.softmax(torch.randn(rows, WORDS, generator=g), -1)
-    return torch.stack([torch.bincount(torch.multinomial(p, int(n), replacement=True,
-                                                         generator=g), minlength=WORDS)
-                        for p, n in zip(probs, lengths, strict=True)]).float()
+    return word_counts(torch.softmax(torch.randn(rows, WORDS, generator=g), -1), lengths, g)
 
 
 def pair(rows: int = ROWS):
-    import functools
-
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        predictor = make_predictor()
-        guide = functools.partial(parametrized_guide, predictor)
-        data = documents(rows)
-        guide(data)  # the conjugate parameters' random start, seeded
-    return CorpusPair(
-        name="dirichlet_topics",
-        source=SOURCE,
-        idioms=("Dirichlet latents (global and local)", "param:constraint(greater_than)",
-                "global:latent", "Multinomial(total_count=minibatch max)", "data:tensor"),
-        model=model,
-        guide=guide,
-        data=data,
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=True,
-        skips={"enum": "no site is marked for enumeration",
-               "rows": "global latents couple the rows"},
-        fit_batch_size=8,
-    )
+    predictor = seeded(make_predictor)
+    return checked("dirichlet_topics", SOURCE,
+                   ("Dirichlet latents (global and local)", "param:constraint(greater_than)",
+                    "global:latent", "Multinomial(total_count=minibatch max)", "data:tensor"),
+                   model, functools.partial(parametrized_guide, predictor), documents(rows),
+                   global_latents=True)

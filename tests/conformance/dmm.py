@@ -29,6 +29,8 @@ import torch.nn as nn
 from pyro.distributions import TransformedDistribution
 from pyro.distributions.transforms import affine_autoregressive
 
+from . import checked, seeded
+
 SOURCE = "examples/dmm.py"
 INPUT_DIM, Z_DIM, T, ROWS = 4, 2, 5, 16
 
@@ -206,30 +208,17 @@ def sequences(rows: int = ROWS, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return notes * (steps < lengths[:, None, None]), lengths
 
 
-def make(num_iafs: int = 0, rows: int = ROWS, seed: int = 0) -> DMM:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return DMM(num_iafs=num_iafs)
+def make(num_iafs: int = 0, seed: int = 0) -> DMM:
+    return seeded(lambda: DMM(num_iafs=num_iafs), seed)
 
 
 def pair(num_iafs: int = 0, rows: int = ROWS):
     """The DMM on ``rows`` sequences, annealing factor 0.5, as a checked pair."""
-    from tests.corpus import CorpusPair
-
     dmm = make(num_iafs)
-    return CorpusPair(
-        name="dmm[iaf]" if num_iafs else "dmm",
-        source=SOURCE,
-        idioms=("markov:variable-length", "mask:.mask(float)", "scale:annealing(model_kwargs)",
-                "data:int64", "data:tuple", "rnn:packed")
-        + (("guide:flow(affine autoregressive)",) if num_iafs else ()),
-        model=dmm.model,
-        guide=dmm.guide,
-        data=sequences(rows),
-        model_kwargs={"annealing_factor": 0.5},
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=4,
-        extras={"module": dmm},
-    )
+    flow = ("guide:flow(affine autoregressive)",) if num_iafs else ()
+    return checked("dmm[iaf]" if num_iafs else "dmm", SOURCE,
+                   ("markov:variable-length", "mask:.mask(float)",
+                    "scale:annealing(model_kwargs)", "data:int64", "data:tuple", "rnn:packed")
+                   + flow,
+                   dmm.model, dmm.guide, sequences(rows), model_kwargs={"annealing_factor": 0.5},
+                   fit_batch_size=4, extras={"module": dmm})

@@ -17,6 +17,8 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import constraints, transforms
 
+from . import checked
+
 SOURCE = "examples/eight_schools/svi.py"
 J = 8
 y = torch.tensor([28, 8, -3, 7, -1, 1, 18, 12]).type(torch.Tensor)
@@ -66,21 +68,9 @@ def guide(data):
 
 
 def pair():
-    from tests.corpus import CorpusPair
-
-    return CorpusPair(
-        name="eight_schools",
-        source=SOURCE,
-        idioms=("param:constraint(positive), random start", "guide:TransformedDistribution",
-                "plate of a constant size", "data:tensor"),
-        model=model,
-        guide=guide,
-        data=torch.stack([y, sigma], dim=1),
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration",
-               "rows": "the plate has the constant size J: Pyro runs the pair on all 8 rows",
-               "batch_size": "the plate has the constant size J: Pyro runs it on all 8 rows"},
-        fit_batch_size=J,
-    )
+    constant = "the plate has the constant size J: Pyro runs the pair on all 8 rows only"
+    return checked("eight_schools", SOURCE,
+                   ("param:constraint(positive), random start",
+                    "guide:TransformedDistribution", "plate of a constant size", "data:tensor"),
+                   model, guide, torch.stack([y, sigma], dim=1), fit_batch_size=J,
+                   skips={"rows": constant, "batch_size": constant})

@@ -17,6 +17,8 @@ import pyro.distributions.transforms as T
 import torch
 import torch.nn as nn
 
+from . import checked, seeded
+
 SOURCE = "tutorial/source/normalizing_flows_intro.ipynb"
 X_DIM, Z_DIM, ROWS = 4, 2, 30
 
@@ -49,21 +51,6 @@ def rows(n: int = ROWS, seed: int = 0) -> torch.Tensor:
 
 
 def pair(n: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        vae = FlowVAE()
-    return CorpusPair(
-        name="flow_guide",
-        source=SOURCE,
-        idioms=("guide:flow(conditional spline)", "data:tensor"),
-        model=vae.model,
-        guide=vae.guide,
-        data=rows(n),
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=8,
-    )
+    vae = seeded(FlowVAE)
+    return checked("flow_guide", SOURCE, ("guide:flow(conditional spline)", "data:tensor"),
+                   vae.model, vae.guide, rows(n))

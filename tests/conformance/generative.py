@@ -12,19 +12,16 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn as nn
 
-from . import digits
+from . import LinearVAE, amortized_normal, checked, digits, seeded
 
 SOURCE = "tutorial/source/svi_part_i.ipynb, tutorial/source/bayesian_regression.ipynb"
 PIXELS, Z_DIM, ROWS = 16, 2, 40
 
 
-class GenerativeVAE(nn.Module):
+class GenerativeVAE(LinearVAE):
     def __init__(self):
-        super().__init__()
-        self.encoder = nn.Linear(PIXELS, 2 * Z_DIM)
-        self.decoder = nn.Linear(Z_DIM, PIXELS)
+        super().__init__(PIXELS, Z_DIM)
 
     def model(self, x=None, num_rows=1):
         pyro.module("decoder", self.decoder)
@@ -39,29 +36,12 @@ class GenerativeVAE(nn.Module):
         if x is None:  # generating: no posterior to draw from
             return
         with pyro.plate("data", x.shape[0]):
-            hidden = self.encoder(x)
-            scale = nn.functional.softplus(hidden[..., Z_DIM:]) + 1e-3
-            pyro.sample("z", dist.Normal(hidden[..., :Z_DIM], scale).to_event(1))
+            pyro.sample("z", amortized_normal(self.encoder, x, Z_DIM))
 
 
 def pair(by_keyword: bool = False):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        vae = GenerativeVAE()
+    vae = seeded(GenerativeVAE)
     x = digits(binarize=True, split="train")[:ROWS, :PIXELS]
-    return CorpusPair(
-        name="generative[keyword]" if by_keyword else "generative",
-        source=SOURCE,
-        idioms=("model(x=None)", "data:dict" if by_keyword else "data:tensor"),
-        model=vae.model,
-        guide=vae.guide,
-        data={"x": x} if by_keyword else x,
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=8,
-        extras={"module": vae},
-    )
+    return checked("generative[keyword]" if by_keyword else "generative", SOURCE,
+                   ("model(x=None)", "data:dict" if by_keyword else "data:tensor"),
+                   vae.model, vae.guide, {"x": x} if by_keyword else x)

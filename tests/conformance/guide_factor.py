@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 from pyro.distributions import constraints
 
+from . import checked, seeded
+
 SOURCE = "pyro/primitives.py (factor), examples/sparse_gamma_def.py"
 X_DIM, K, ROWS = 5, 2, 24
 
@@ -59,22 +61,7 @@ def counts(rows: int = ROWS, seed: int = 0) -> torch.Tensor:
 
 
 def pair(rows: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        pf = PoissonFactorization()
-        data = counts(rows)
-    return CorpusPair(
-        name="guide_factor",
-        source=SOURCE,
-        idioms=("guide:delta+factor(log-Jacobian)", "guide:auxiliary", "data:tensor"),
-        model=pf.model,
-        guide=pf.guide,
-        data=data,
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=8,
-    )
+    pf = seeded(PoissonFactorization)
+    return checked("guide_factor", SOURCE, ("guide:delta+factor(log-Jacobian)",
+                                            "guide:auxiliary", "data:tensor"),
+                   pf.model, pf.guide, seeded(lambda: counts(rows)))

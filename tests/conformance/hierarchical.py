@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 from pyro.distributions import constraints, transforms
 
+from . import checked, seeded
+
 SOURCE = "examples/eight_schools/svi.py, tutorial/source/tensor_shapes.ipynb"
 GROUPS, MEASUREMENTS, ROWS = 3, 4, 18
 
@@ -72,27 +74,10 @@ def data(rows: int = ROWS, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pair(rows: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        guide = make_guide()
-        x, group = data(rows)
-        guide(x, group)
-    return CorpusPair(
-        name="hierarchical",
-        source=SOURCE,
-        idioms=("plate:nested", "global plate at the data plate's dim",
-                "group index a[..., group, :]", "data:int64",
-                "guide:TransformedDistribution(ExpTransform)", "param:constraint",
-                "global:latent", "data:tuple"),
-        model=model,
-        guide=guide,
-        data=(x, group),
-        model_kwargs=None,
-        max_plate_nesting=2,
-        global_latents=True,
-        skips={"enum": "no site is marked for enumeration",
-               "rows": "global latents couple the rows"},
-        fit_batch_size=6,
-    )
+    return checked("hierarchical", SOURCE,
+                   ("plate:nested", "global plate at the data plate's dim",
+                    "group index a[..., group, :]", "data:int64",
+                    "guide:TransformedDistribution(ExpTransform)", "param:constraint",
+                    "global:latent", "data:tuple"),
+                   model, seeded(make_guide), data(rows), max_plate_nesting=2,
+                   global_latents=True, fit_batch_size=6)

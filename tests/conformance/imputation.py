@@ -17,15 +17,15 @@ import torch.nn as nn
 from pyro import poutine
 from pyro.distributions import constraints
 
+from . import LinearVAE, amortized_normal, checked, seeded
+
 SOURCE = "pyro/primitives.py (sample, obs_mask)"
 X_DIM, Z_DIM, ROWS = 4, 2, 24
 
 
-class Imputer(nn.Module):
+class Imputer(LinearVAE):
     def __init__(self):
-        super().__init__()
-        self.decoder = nn.Linear(Z_DIM, X_DIM)
-        self.encoder = nn.Linear(X_DIM, 2 * Z_DIM)
+        super().__init__(X_DIM, Z_DIM)
         self.label = nn.Linear(Z_DIM, 1, bias=False)
         self.impute = nn.Linear(X_DIM, 1)
 
@@ -43,9 +43,7 @@ class Imputer(nn.Module):
         pyro.module("impute", self.impute)
         scale = pyro.param("y_scale", lambda: torch.tensor(0.7), constraint=constraints.positive)
         with pyro.plate("data", x.shape[0]):
-            hidden = self.encoder(x)
-            z_scale = nn.functional.softplus(hidden[..., Z_DIM:]) + 1e-3
-            pyro.sample("z", dist.Normal(hidden[..., :Z_DIM], z_scale).to_event(1))
+            pyro.sample("z", amortized_normal(self.encoder, x, Z_DIM))
             with poutine.mask(mask=~has_y):
                 pyro.sample("y_unobserved", dist.Normal(self.impute(x).squeeze(-1), scale))
 
@@ -60,22 +58,8 @@ def data(rows: int = ROWS, seed: int = 0) -> tuple[torch.Tensor, ...]:
 
 
 def pair(rows: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        imputer = Imputer()
-    return CorpusPair(
-        name="imputation",
-        source=SOURCE,
-        idioms=("obs_mask", "obs:two-sites", "mask:poutine.mask(bool data)", "data:bool",
-                "data:tuple"),
-        model=imputer.model,
-        guide=imputer.guide,
-        data=data(rows),
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=8,
-    )
+    imputer = seeded(Imputer)
+    return checked("imputation", SOURCE, ("obs_mask", "obs:two-sites",
+                                          "mask:poutine.mask(bool data)", "data:bool",
+                                          "data:tuple"),
+                   imputer.model, imputer.guide, data(rows))

@@ -14,19 +14,18 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn as nn
 from pyro.distributions import constraints
 from pyro.ops.indexing import Vindex
+
+from . import LinearVAE, amortized_normal, checked, seeded
 
 SOURCE = "tutorial/source/gmm.ipynb, examples/toy_mixture_model_discrete_enumeration.py"
 X_DIM, Z_DIM, COMPONENTS, ROWS = 4, 2, 3, 16
 
 
-class MixturePriorVAE(nn.Module):
+class MixturePriorVAE(LinearVAE):
     def __init__(self):
-        super().__init__()
-        self.encoder = nn.Linear(X_DIM, 2 * Z_DIM)
-        self.decoder = nn.Linear(Z_DIM, X_DIM)
+        super().__init__(X_DIM, Z_DIM)
 
     def model(self, x):
         weights = pyro.param("weights", lambda: torch.ones(COMPONENTS) / COMPONENTS,
@@ -41,9 +40,7 @@ class MixturePriorVAE(nn.Module):
     def guide(self, x):
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
-            hidden = self.encoder(x)
-            scale = nn.functional.softplus(hidden[..., Z_DIM:]) + 1e-3
-            pyro.sample("z", dist.Normal(hidden[..., :Z_DIM], scale).to_event(1))
+            pyro.sample("z", amortized_normal(self.encoder, x, Z_DIM))
 
 
 def rows(n: int = ROWS, seed: int = 0) -> torch.Tensor:
@@ -53,26 +50,14 @@ def rows(n: int = ROWS, seed: int = 0) -> torch.Tensor:
 
 
 def pair(n: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        vae = MixturePriorVAE()
-    return CorpusPair(
-        name="mixture_prior",
-        source=SOURCE,
-        idioms=("discrete:model-enum", "Vindex", "param:constraint(simplex)", "data:tensor"),
-        model=vae.model,
-        guide=vae.guide,
-        data=rows(n),
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        estimator="enum",
+    vae = seeded(MixturePriorVAE)
+    return checked(
+        "mixture_prior", SOURCE,
+        ("discrete:model-enum", "Vindex", "param:constraint(simplex)", "data:tensor"),
+        vae.model, vae.guide, rows(n), estimator="enum",
         skips={"sampled": ("the model sums y out; Trace_ELBO would draw it from its prior, "
                            "another objective (ppl_vae refuses it)"),
                "analytic": "TraceMeanField_ELBO needs every model latent in the guide",
                "weights": ("Pyro's vectorized_importance_weights draws y from its prior as "
                            "part of the weight: not an importance weight of p(x)")},
-        fit_batch_size=8,
     )

@@ -17,6 +17,8 @@ from pyro.distributions import constraints
 
 from tests.pairs import ppca_rows
 
+from . import checked
+
 SOURCE = "tutorial/source/svi_part_ii.ipynb, tutorial/source/svi_part_iv.ipynb"
 Z_DIM, ROWS = 2, 30
 
@@ -39,7 +41,7 @@ def guide(x, idx):
 
 
 def pair():
-    from tests.corpus import CorpusPair
+    data = (ppca_rows(0, ROWS), torch.arange(ROWS))
 
     def init():
         with torch.random.fork_rng():
@@ -48,19 +50,6 @@ def pair():
             # per-row means away from zero, so that each row's index matters
             pyro.param("z_loc").data.normal_()
 
-    data = (ppca_rows(0, ROWS), torch.arange(ROWS))
-    return CorpusPair(
-        name="nonamortized",
-        source=SOURCE,
-        idioms=("guide:nonamortized(z_loc[idx])", "data:int64", "data:tuple",
-                "param:constraint"),
-        model=model,
-        guide=guide,
-        data=data,
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        init=init,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=8,
-    )
+    return checked("nonamortized", SOURCE, ("guide:nonamortized(z_loc[idx])", "data:int64",
+                                            "data:tuple", "param:constraint"),
+                   model, guide, data, init=init)

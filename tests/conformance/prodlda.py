@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import checked, seeded, word_counts
+
 SOURCE = "tutorial/source/prodlda.ipynb"
 VOCAB, TOPICS, ROWS = 8, 3, 24
 
@@ -90,29 +92,11 @@ def documents(rows: int = ROWS, seed: int = 0) -> torch.Tensor:
     lengths[-3:] = 12
     topics = torch.softmax(2 * torch.randn(TOPICS, VOCAB, generator=g), -1)
     mix = torch.softmax(torch.randn(rows, TOPICS, generator=g), -1) @ topics
-    return torch.stack([torch.bincount(torch.multinomial(p, int(n), replacement=True,
-                                                         generator=g), minlength=VOCAB)
-                        for p, n in zip(mix, lengths, strict=True)]).float()
+    return word_counts(mix, lengths, g)
 
 
 def pair(rows: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        prodlda = ProdLDA(VOCAB, TOPICS, hidden=6)
-    return CorpusPair(
-        name="prodlda",
-        source=SOURCE,
-        idioms=("logistic-normal latent", "Multinomial(total_count=minibatch max)",
-                "data:tensor"),
-        model=prodlda.model,
-        guide=prodlda.guide,
-        data=documents(rows),
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=8,
-        extras={"module": prodlda},
-    )
+    prodlda = seeded(lambda: ProdLDA(VOCAB, TOPICS, hidden=6))
+    return checked("prodlda", SOURCE, ("logistic-normal latent",
+                                       "Multinomial(total_count=minibatch max)", "data:tensor"),
+                   prodlda.model, prodlda.guide, documents(rows), extras={"module": prodlda})

@@ -21,7 +21,7 @@ import torch.nn as nn
 from pyro.distributions import constraints
 from pyro.nn import PyroModule, PyroParam, PyroSample
 
-from . import digits
+from . import checked, digits, seeded
 
 SOURCE = "pyro/nn/module.py docs, tutorial/source/bayesian_regression.ipynb"
 PIXELS, Z_DIM, ROWS = 16, 2, 40
@@ -71,23 +71,9 @@ class Guide(PyroModule):
 
 
 def pair(rows: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model, guide = VAE(), Guide()
-    return CorpusPair(
-        name="pyromodule_vae",
-        source=SOURCE,
-        idioms=("PyroModule", "PyroSample(global in a network)", "PyroParam(constraint)",
-                "global:latent", "data:tensor"),
-        model=model,
-        guide=guide,
-        data=digits(binarize=True, split="train")[:rows, :PIXELS],
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=True,
-        skips={"enum": "no site is marked for enumeration",
-               "rows": "global latents couple the rows"},
-        fit_batch_size=8,
-    )
+    model, guide = seeded(lambda: (VAE(), Guide()))
+    return checked("pyromodule_vae", SOURCE,
+                   ("PyroModule", "PyroSample(global in a network)", "PyroParam(constraint)",
+                    "global:latent", "data:tensor"),
+                   model, guide, digits(binarize=True, split="train")[:rows, :PIXELS],
+                   global_latents=True)

@@ -18,17 +18,15 @@ import torch
 import torch.nn as nn
 from pyro import poutine
 
-from . import digits_with_labels
+from . import LinearVAE, amortized_normal, checked, digits_with_labels, seeded
 
 SOURCE = "examples/vae/ss_vae_M2.py"
 PIXELS, CLASSES, Z_DIM, ROWS = 16, 3, 2, 30
 
 
-class SemiSupervisedVAE(nn.Module):
+class SemiSupervisedVAE(LinearVAE):
     def __init__(self):
-        super().__init__()
-        self.encoder = nn.Linear(PIXELS, 2 * Z_DIM)
-        self.decoder = nn.Linear(Z_DIM, PIXELS)
+        super().__init__(PIXELS, Z_DIM)
         self.classifier = nn.Linear(Z_DIM, CLASSES)
 
     def model(self, x, y, has_y):
@@ -43,9 +41,7 @@ class SemiSupervisedVAE(nn.Module):
     def guide(self, x, y, has_y):
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
-            hidden = self.encoder(x)
-            scale = nn.functional.softplus(hidden[..., Z_DIM:]) + 1e-3
-            pyro.sample("z", dist.Normal(hidden[..., :Z_DIM], scale).to_event(1))
+            pyro.sample("z", amortized_normal(self.encoder, x, Z_DIM))
 
 
 def data(rows: int = ROWS) -> dict[str, torch.Tensor]:
@@ -57,22 +53,7 @@ def data(rows: int = ROWS) -> dict[str, torch.Tensor]:
 
 
 def pair(rows: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        vae = SemiSupervisedVAE()
-    return CorpusPair(
-        name="semi_supervised",
-        source=SOURCE,
-        idioms=("obs:two-sites", "mask:poutine.mask(bool data)", "data:bool", "data:int64",
-                "data:dict"),
-        model=vae.model,
-        guide=vae.guide,
-        data=data(rows),
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=8,
-    )
+    vae = seeded(SemiSupervisedVAE)
+    return checked("semi_supervised", SOURCE, ("obs:two-sites", "mask:poutine.mask(bool data)",
+                                               "data:bool", "data:int64", "data:dict"),
+                   vae.model, vae.guide, data(rows))

@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import pyro
 import pyro.distributions as dist
-import torch
-import torch.nn as nn
 
-from . import digits
+from . import LinearVAE, amortized_normal, checked, digits, seeded
 
 SOURCE = "examples/vae/vae.py, examples/cvae/cvae.py"
 PIXELS, Z_DIM, ROWS = 16, 2, 40
 
 
-class VAE(nn.Module):
+class VAE(LinearVAE):
     def __init__(self):
-        super().__init__()
-        self.encoder = nn.Linear(PIXELS, 2 * Z_DIM)
-        self.decoder = nn.Linear(Z_DIM, PIXELS)
+        super().__init__(PIXELS, Z_DIM)
 
     def model(self, x):
         pyro.module("decoder", self.decoder)
@@ -37,28 +33,12 @@ class VAE(nn.Module):
     def guide(self, x):
         pyro.module("vae", self)
         with pyro.plate("data", x.shape[0]):
-            hidden = self.encoder(x)
-            scale = nn.functional.softplus(hidden[..., Z_DIM:]) + 1e-3
-            pyro.sample("z", dist.Normal(hidden[..., :Z_DIM], scale).to_event(1))
+            pyro.sample("z", amortized_normal(self.encoder, x, Z_DIM))
 
 
 def pair(rows: int = ROWS):
-    from tests.corpus import CorpusPair
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        vae = VAE()
-    return CorpusPair(
-        name="shared_module",
-        source=SOURCE,
-        idioms=("pyro.module: one network under two names", "data:tensor"),
-        model=vae.model,
-        guide=vae.guide,
-        data=digits(binarize=True, split="train")[:rows, :PIXELS],
-        model_kwargs=None,
-        max_plate_nesting=1,
-        global_latents=False,
-        skips={"enum": "no site is marked for enumeration"},
-        fit_batch_size=8,
-        extras={"modules": (vae,)},
-    )
+    vae = seeded(VAE)
+    return checked("shared_module", SOURCE, ("pyro.module: one network under two names",
+                                             "data:tensor"),
+                   vae.model, vae.guide, digits(binarize=True, split="train")[:rows, :PIXELS],
+                   extras={"modules": (vae,)})

@@ -27,6 +27,8 @@ CHECKS = (
     "weights",  # importance log weights against vectorized_importance_weights
     "rows",  # row n's ELBO against Pyro's on that row alone
     "batch_size",  # the same numbers at evaluation batch size N and a small one
+    "export",  # vi_diagnostics and to_inference_data run; factors, deterministic sites, shapes
+    "fit",  # fit takes steps on minibatches
 )
 
 

@@ -207,6 +207,25 @@ def check_export(pv, pair: CorpusPair, num_samples: int = 100, draws: int = 10) 
     assert not problems, f"{pair.describe()}: " + "; ".join(problems)
 
 
+def run(pv, pair: CorpusPair, check: str) -> None:
+    """The check named ``check`` (``tests.corpus.CHECKS``), with the particles and batch sizes
+    the pair asks for (``extras["particles"]``, ``extras["batch_sizes"]``: a pair that does
+    not broadcast draws its particles one by one)."""
+    particles = pair.extras.get("particles", PARTICLES)
+    if check in TRUTHS:
+        check_joint(pv, pair, check, particles)
+    elif check == "weights":
+        check_weights(pv, pair, particles)
+    elif check == "rows":
+        check_rows(pv, pair, particles)
+    elif check == "batch_size":
+        check_batch_size(pv, pair, particles, pair.extras.get("batch_sizes"))
+    elif check == "export":
+        check_export(pv, pair)
+    else:
+        check_fit(pv, pair)
+
+
 def check_fit(pv, pair: CorpusPair, num_steps: int = 3, **options) -> None:
     """``fit`` takes ``num_steps`` steps on minibatches of ``pair.fit_batch_size`` rows."""
     options = dict(batch_size=pair.fit_batch_size, estimator=pair.estimator, lr=1e-3,
