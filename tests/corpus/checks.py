@@ -207,6 +207,16 @@ def check_export(pv, pair: CorpusPair, num_samples: int = 100, draws: int = 10) 
     assert not problems, f"{pair.describe()}: " + "; ".join(problems)
 
 
+def check_truths(pair: CorpusPair, num_particles: int = 500) -> None:
+    """Pyro only: the truths are one ELBO (:func:`truth.assert_one_elbo`), and the weight
+    comparison passes on two independent sets of Pyro's own weights (its bands are wide
+    enough for these pairs' tails)."""
+    truth.assert_one_elbo(pair, num_particles)
+    if pair.applies("weights"):
+        compare_weights(pair, truth.log_weights(pair, PARTICLES),
+                        truth.log_weights(pair, 4 * PARTICLES), "Pyro's weights against Pyro's")
+
+
 def run(pv, pair: CorpusPair, check: str) -> None:
     """The check named ``check`` (``tests.corpus.CHECKS``), with the particles and batch sizes
     the pair asks for (``extras["particles"]``, ``extras["batch_sizes"]``: a pair that does
