@@ -154,7 +154,7 @@ def check_batch_size(pv, pair: CorpusPair, num_particles: int = PARTICLES,
     """The numbers at each of ``batch_sizes`` (default :func:`small_batches`) against Pyro's
     and, per row, against ppl_vae's at batch size N."""
     kind = kind_of(pair)
-    ref = truth.elbo(pair, kind, num_particles, chunks=10)
+    ref = truth.elbo(pair, kind, num_particles // 2, chunks=10)
     whole = None
     if pair.applies("rows"):
         whole = evaluate(pv, pair, pair.estimator, num_particles, batch_size=pair.num_rows)
@@ -171,13 +171,13 @@ def check_batch_size(pv, pair: CorpusPair, num_particles: int = PARTICLES,
             assert not bad, (f"{pair.describe()}: row ELBOs at batch_size=N and "
                              f"batch_size={batch_size}: {bad}")
     if pair.applies("weights"):
-        ref_w = truth.log_weights(pair, 2 * num_particles)
+        ref_w = truth.log_weights(pair, num_particles)
         batch_size = min(batch_sizes or small_batches(pair.num_rows))
-        ours = ppl_log_weights(pv, pair, num_particles, batch_size=batch_size)
+        ours = ppl_log_weights(pv, pair, num_particles // 2, batch_size=batch_size)
         compare_weights(pair, ours, ref_w, f"importance log weights at batch_size={batch_size}")
 
 
-def check_export(pv, pair: CorpusPair, num_samples: int = 100, draws: int = 10) -> None:
+def check_export(pv, pair: CorpusPair, num_samples: int = 50, draws: int = 10) -> None:
     with particles(pv, pair):
         table = pv.vi_diagnostics(pair.model, pair.guide, pair.data, num_samples, seed=14,
                                   model_kwargs=pair.model_kwargs)
@@ -213,8 +213,9 @@ def check_truths(pair: CorpusPair, num_particles: int = 500) -> None:
     enough for these pairs' tails)."""
     truth.assert_one_elbo(pair, num_particles)
     if pair.applies("weights"):
-        compare_weights(pair, truth.log_weights(pair, PARTICLES),
-                        truth.log_weights(pair, 4 * PARTICLES), "Pyro's weights against Pyro's")
+        compare_weights(pair, truth.log_weights(pair, num_particles),
+                        truth.log_weights(pair, 4 * num_particles),
+                        "Pyro's weights against Pyro's")
 
 
 def run(pv, pair: CorpusPair, check: str) -> None:

@@ -154,8 +154,8 @@ def assert_one_elbo(pair: CorpusPair, num_particles: int = 500) -> None:
     kind = "enum" if pair.estimator == "enum" else "sampled"
     ref = elbo(pair, kind, num_particles, chunks=10)
     if pair.applies("weights"):
-        for name, w in (("vectorized_importance_weights", log_weights(pair, 2 * num_particles)),
-                        ("hand", hand_log_weights(pair, 2 * num_particles))):
+        for name, w in (("vectorized_importance_weights", log_weights(pair, num_particles)),
+                        ("hand", hand_log_weights(pair, num_particles))):
             se = w.std(ddof=1) / math.sqrt(len(w))
             assert agree(w.mean(), ref[0], se, ref[1]), (pair.describe(), name, w.mean(), se,
                                                          ref)
