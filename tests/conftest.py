@@ -4,6 +4,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 
+import importlib  # noqa: E402
 from importlib.metadata import version  # noqa: E402
 
 import pyro  # noqa: E402
@@ -19,6 +20,23 @@ def fresh_pyro():
     pyro.enable_validation(True)
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny tensors (the two-thread pool costs
+    milliseconds per small op); ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def pv():
+    """ppl_vae, imported per test so that the Pyro-only tests of a module run whatever its
+    state."""
+    return importlib.import_module("ppl_vae")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,6 @@ these tensors are tiny and torch's two-thread pool costs milliseconds per small 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 import os
@@ -67,12 +66,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def pv():
-    """ppl_vae, imported per test so that the Pyro-only truth tests run whatever its state."""
-    return importlib.import_module("ppl_vae")
 
 
 def joint(frame) -> tuple[float, float]:

@@ -220,6 +220,62 @@ def within(value: float, reference: float, *ses: float, sigmas: float = 3.0,
     return abs(value - reference) <= sigmas * se + atol + rtol * abs(reference)
 
 
+def seeded(build: Callable, seed: int = 0):
+    """``build()`` with torch's RNG seeded by ``seed`` (networks' initial weights), the
+    caller's stream left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build()
+
+
+def checked(name: str, source: str, idioms, model: Callable, guide: Callable, data, **fields):
+    """A pair of this package as ``tests/corpus`` checks it against Pyro (a
+    ``tests.corpus.CorpusPair``): by default rows in one plate at dim -1, no global latents,
+    nothing enumerated, no model keywords, minibatches of 8 rows; ``fields`` say otherwise
+    (their ``skips`` add to the defaults')."""
+    from tests.corpus import CorpusPair
+
+    fields = dict(model_kwargs=None, max_plate_nesting=1, global_latents=False,
+                  fit_batch_size=8) | fields
+    skips = {} if fields.get("estimator") == "enum" else {
+        "enum": "no site is marked for enumeration"}
+    if fields["global_latents"]:
+        skips["rows"] = "global latents couple the rows"
+    fields["skips"] = skips | fields.get("skips", {})
+    return CorpusPair(name=name, source=source, idioms=tuple(idioms), model=model, guide=guide,
+                      data=data, **fields)
+
+
+class LinearVAE(torch.nn.Module):
+    """A linear ``encoder`` x → [loc, raw] (for :func:`amortized_normal`) and a linear
+    ``decoder`` z → x: the networks of the small VAEs here."""
+
+    def __init__(self, x_dim: int, z_dim: int):
+        super().__init__()
+        self.encoder = torch.nn.Linear(x_dim, 2 * z_dim)
+        self.decoder = torch.nn.Linear(z_dim, x_dim)
+
+
+def amortized_normal(encoder: Callable, x: torch.Tensor, z_dim: int):
+    """q(z | x) = N(loc, softplus(raw) + 1e-3), ``.to_event(1)``, from ``encoder(x)`` =
+    [loc, raw] along the last dim (the VAE examples' Normal encoder)."""
+    import pyro.distributions as dist
+
+    hidden = encoder(x)
+    scale = torch.nn.functional.softplus(hidden[..., z_dim:]) + 1e-3
+    return dist.Normal(hidden[..., :z_dim], scale).to_event(1)
+
+
+def word_counts(probs: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator
+                ) -> torch.Tensor:
+    """Per row, ``lengths[n]`` words drawn from ``probs[n]``, as float counts per word."""
+    return torch.stack([
+        torch.bincount(torch.multinomial(p, int(n), replacement=True, generator=generator),
+                       minlength=probs.shape[-1])
+        for p, n in zip(probs, lengths, strict=True)
+    ]).float()
+
+
 def digits(*, binarize: bool = False, split: str | None = None) -> torch.Tensor:
     """scikit-learn's 8×8 digits as ``ppl_vae.load_data("digits", split=..., binarize=...)``
     returns them (pixels / 16 in float32, thresholded at 0.5; the fixed split of
