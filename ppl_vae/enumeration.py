@@ -49,7 +49,7 @@ from .traces import (
     PairTraces,
     is_guide_sample,
     is_latent,
-    is_observed,
+    is_likelihood,
     local_terms,
 )
 
@@ -196,7 +196,7 @@ def sums(
     }
     factors = {}  # model site → its packed log-density, for sites touching a summed dim
     for name, site in model_trace.nodes.items():
-        if site["type"] != "sample" or not (is_latent(site) or is_observed(site)):
+        if site["type"] != "sample" or not (is_latent(site) or is_likelihood(site)):
             continue
         log_prob = site["packed"]["log_prob"]
         if summed.intersection(log_prob._pyro_dims):
@@ -211,13 +211,14 @@ def sums(
         tree = OrderedDict()
         for n in names:
             tree.setdefault(_ordinal(model_trace, n), []).append(factors[n])
-        dims = summed & set().union(*(factors[n]._pyro_dims for n in names))
-        term = contract_to_tensor(tree, dims, target, keep)
+        present = set().union(*(factors[n]._pyro_dims for n in names))
+        # a plate of size 1 (a one-row minibatch, one particle) is packed away: not a target
+        term = contract_to_tensor(tree, summed & present, target & present, keep)
         return reduce(packed.unpack(term, model_trace.symbol_to_dim))
 
     likelihood, priors, conditionals = {}, {}, {}
     for names in components:
-        observed = [n for n in names if is_observed(model_trace.nodes[n])]
+        observed = [n for n in names if is_likelihood(model_trace.nodes[n])]
         guided = [n for n in names if n in guide_trace.nodes]
         total = contract(names)
         if guided:

@@ -76,13 +76,20 @@ class SupportCheck(Messenger):
     def _postprocess_message(self, msg: dict) -> None:
         if msg["type"] != "sample" or msg["name"] not in self.sites or not msg["is_observed"]:
             return
-        support = msg["fn"].support
-        if not bool(support.check(msg["value"]).all()):
-            raise DataError(
-                f"a value observed at site {msg['name']!r} lies outside the support its "
-                f"minibatch's distribution has ({support}); fix or drop those rows, or choose "
-                "a likelihood whose support holds them"
-            )
+        support, value = msg["fn"].support, msg["value"].detach()
+        if bool(support.check(value).all()):
+            return
+        while isinstance(support, constraints.independent):
+            support = support.base_constraint
+        ok = support.check(value).reshape(-1)  # per entry, or per event (a Multinomial's)
+        entries = value.reshape(ok.numel(), -1)[int((~ok).nonzero()[0, 0])].tolist()
+        shown = f"{entries[0]:g}" if len(entries) == 1 else str(entries[:8])[:-1] + (
+            ", ...]" if len(entries) > 8 else "]")
+        raise DataError(
+            f"value {shown} observed at site {msg['name']!r} lies outside the support its "
+            f"minibatch's distribution has ({support}); fix or drop those rows, or choose a "
+            "likelihood whose support holds them"
+        )
 
 
 def batch_supports(layout: PairTraces) -> set[str]:

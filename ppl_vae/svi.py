@@ -120,7 +120,9 @@ class Trainer:
                 loss, finite = svi_step(self.elbo, self.optim, self.model, self.guide, x,
                                         self.group, self.step_params)
         except DataError as e:  # a value outside its batch's support (preflight.SupportCheck)
-            raise DataError(f"training stopped at step {step}: {e}; nothing was applied") from e
+            raise DataError(
+                f"training stopped at step {step}: {first_line(e)}; nothing was applied"
+            ) from e
         except PplVaeError:
             raise
         except (ValueError, RuntimeError) as e:
