@@ -169,14 +169,16 @@ def plot_density(idata: Sequence[xr.DataTree], labels: Sequence[str], var_names,
 
 def elpd_data(
     *, elpd, se, p, n_samples, n_data_points, warning, good_k, elpd_i, pareto_k, extras
-) -> arviz_stats.ELPDData:
-    """arviz_stats' own ``ELPDData`` as ``loo_approximate_posterior`` builds it (kind
-    ``"loo"``, log scale, ``approx_posterior``: the draws came from q and were importance
-    weighted); ``extras`` become further attributes (``elpd["name"]`` reads them)."""
-    result = arviz_stats.ELPDData(
-        "loo", elpd, se, p, n_samples, n_data_points, "log", warning, good_k,
-        elpd_i, pareto_k, approx_posterior=True,
-    )
+):
+    """arviz_stats' own LOO result as ``loo_approximate_posterior`` builds it (log scale,
+    ``approx_posterior``: the draws came from q and were importance weighted):
+    ``ELPDDataLOO`` from arviz_stats 1.3, ``ELPDData`` of kind ``"loo"`` before. ``extras``
+    become further attributes (``elpd["name"]`` reads them)."""
+    fields = dict(elpd=elpd, se=se, p=p, n_samples=n_samples, n_data_points=n_data_points,
+                  scale="log", warning=warning, good_k=good_k, elpd_i=elpd_i,
+                  pareto_k=pareto_k, approx_posterior=True)
+    loo = getattr(arviz_stats, "ELPDDataLOO", None)
+    result = loo(**fields) if loo is not None else arviz_stats.ELPDData(kind="loo", **fields)
     for name, value in extras.items():
         setattr(result, name, value)
     return result
@@ -192,13 +194,15 @@ def elpd_fields(elpd) -> dict:
     }
 
 
-def compare(elpds: Mapping[str, arviz_stats.ELPDData]) -> pd.DataFrame:
+def compare(elpds: Mapping[str, object]) -> pd.DataFrame:
     """``arviz_stats.compare`` of precomputed ``ELPDData`` (stacking weights, ``elpd_diff``
-    and its standard error ``dse``), unrounded, with each model's ``warning`` added (0.2x
-    has that column; 1.x counts the k̂ above the threshold in ``diag_elpd``)."""
+    and its standard error ``dse``), unrounded, as 0.2x lays it out: ``elpd_diff`` is how far
+    each model lies below the best (arviz_stats gives it negative), and each model's
+    ``warning`` is added (arviz_stats counts the k̂ above the threshold in ``diag_elpd``)."""
     with _quiet():
         table = arviz_stats.compare(dict(elpds), round_to="none")
-    return table.assign(warning=[bool(elpds[name].warning) for name in table.index])
+    return table.assign(elpd_diff=table["elpd_diff"].abs(),
+                        warning=[bool(elpds[name].warning) for name in table.index])
 
 
 def plot_loo_pit(idata: xr.DataTree, var_name: str, loo_log_weights: np.ndarray) -> Figure:
