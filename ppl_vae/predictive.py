@@ -45,7 +45,7 @@ import math
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,9 @@ from scipy.special import logsumexp
 from . import arviz_compat
 from .errors import PplVaeError, check_positive
 from .evaluation import log_weights
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 CONSTANT_SPREAD = 1e-3  # max − min of the log weights below which they count as equal
 
@@ -122,7 +125,7 @@ def elpd(
     batch_size: int = 256,
     particle_batch: int = 100,
     model_kwargs: Mapping[str, Any] | None = None,
-):
+) -> arviz_compat.ELPDData:
     """The ELPD of every row of ``data``, as ArviZ's ``ELPDData`` (module doc for the math).
 
     Args:
@@ -136,11 +139,12 @@ def elpd(
         seed, batch_size, particle_batch, model_kwargs: as for :func:`~ppl_vae.log_likelihood`.
 
     Returns:
-        ``arviz.stats.ELPDData`` (arviz 0.2x) or ``arviz_stats.ELPDData`` (1.x) of kind
-        ``loo`` on the log scale: the total, ``se`` = sqrt(N · Var(elpd_i)), ``p_loo``/``p``,
-        ``n_samples``, ``n_data_points``, ``warning`` (some k̂ above
-        :func:`~ppl_vae.arviz_compat.good_k`, which is also warned about), ``good_k``, the
-        pointwise values (``loo_i``/``elpd_i``) and ``pareto_k``, with dim ``datapoint``.
+        ``arviz.stats.ELPDData`` (arviz 0.2x) or ``arviz_stats.ELPDDataLOO`` (1.x;
+        ``ELPDData`` of kind ``loo`` before arviz-stats 1.3), on the log scale: the total,
+        ``se`` = sqrt(N · Var(elpd_i)), ``p_loo``/``p``, ``n_samples``, ``n_data_points``,
+        ``warning`` (some k̂ above :func:`~ppl_vae.arviz_compat.good_k`, which is also
+        warned about), ``good_k``, the pointwise values (``loo_i``/``elpd_i``) and
+        ``pareto_k``, with dim ``datapoint``.
         Extra entries, read as ``result["name"]`` under both: ``iwae_i`` (the raw-weight
         estimate: the IWAE bound without global latents), ``method``, ``evaluated_on``
         (held-out or in-sample) and ``global_sites``.
@@ -169,9 +173,9 @@ def elpd(
     )
     fields = arviz_compat.elpd_fields(result)
     if fields["warning"]:
-        bad = int(np.sum(fields["pareto_k"] > fields["good_k"]))
         warnings.warn(
-            f"Pareto k̂ > {fields['good_k']:.2f} at {bad} of {fields['n_data_points']} rows: "
+            f"Pareto k̂ > {fields['good_k']:.2f} at {_above(fields)} of "
+            f"{fields['n_data_points']} rows: "
             "their importance-sampled ELPD is unreliable (q misses mass there); see "
             "result['pareto_k'], az.plot_khat(result)",
             UserWarning,
@@ -180,7 +184,12 @@ def elpd(
     return result
 
 
-def pointwise_table(result) -> pd.DataFrame:
+def _above(fields: dict) -> int:
+    """How many rows' k̂ exceed ArviZ's threshold."""
+    return int(np.sum(fields["pareto_k"] > fields["good_k"]))
+
+
+def pointwise_table(result: arviz_compat.ELPDData) -> pd.DataFrame:
     """One row per datapoint: ``elpd``, ``pareto_k`` and ``iwae`` of an :func:`elpd` result."""
     fields = arviz_compat.elpd_fields(result)
     table = pd.DataFrame({"elpd": fields["elpd_i"], "pareto_k": fields["pareto_k"],
@@ -189,25 +198,24 @@ def pointwise_table(result) -> pd.DataFrame:
     return table
 
 
-def summary(result) -> dict:
+def summary(result: arviz_compat.ELPDData) -> dict:
     """The totals of an :func:`elpd` result as plain numbers and strings (for JSON)."""
     fields = arviz_compat.elpd_fields(result)
-    bad = int(np.sum(fields["pareto_k"] > fields["good_k"]))
     return {
         "elpd": fields["elpd"], "se": fields["se"], "p": fields["p"],
         "iwae": float(np.sum(result["iwae_i"])), "n_data_points": fields["n_data_points"],
-        "n_samples": fields["n_samples"], "good_k": fields["good_k"], "khat_above": bad,
+        "n_samples": fields["n_samples"], "good_k": fields["good_k"], "khat_above": _above(fields),
         "method": result["method"], "evaluated_on": result["evaluated_on"],
     }
 
 
-def has_local_latents(idata) -> bool:
+def has_local_latents(idata: arviz_compat.InferenceData) -> bool:
     """Whether an export of :func:`~ppl_vae.to_inference_data` has latents along its rows."""
     row = idata["posterior"].attrs.get("row_dim", "obs")
     return any(row in dims for dims in arviz_compat.variables(idata).values())
 
 
-def loo_pit_log_weights(idata) -> np.ndarray:
+def loo_pit_log_weights(idata: arviz_compat.InferenceData) -> np.ndarray:
     r"""Leave-one-out log weights of an export's draws, ``(rows, draws)`` in ``(chain, draw)``
     order, unnormalized and unsmoothed: they turn draws :math:`\theta_s \sim q(\theta)` into
     draws of :math:`p(\theta | X_{-n})`, for the LOO-PIT of :func:`plot_loo_pit`.
@@ -239,7 +247,7 @@ def loo_pit_log_weights(idata) -> np.ndarray:
     return ratios.reshape(chains * draws, rows).T
 
 
-def plot_loo_pit(idata, var_name: str | None = None):
+def plot_loo_pit(idata: arviz_compat.InferenceData, var_name: str | None = None) -> Figure:
     """The LOO-PIT of an export's observed site ``var_name`` (default: the only one), drawn by
     the installed ArviZ (``az.plot_loo_pit`` / ``arviz_plots.plot_loo_pit``) with the
     leave-one-out weights of :func:`loo_pit_log_weights`, repeated over the elements of each

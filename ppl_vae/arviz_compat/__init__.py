@@ -31,7 +31,7 @@ if GENERATION == 0:
 else:
     from . import _arviz1 as _native
 
-InferenceData = _native.InferenceData
+InferenceData, ELPDData = _native.InferenceData, _native.ELPDData
 dataset, combine, groups, load = _native.dataset, _native.combine, _native.groups, _native.load
 psislw, raw_summary = _native.psislw, _native.raw_summary
 plot_posterior, plot_ppc, plot_khat = _native.plot_posterior, _native.plot_ppc, _native.plot_khat
@@ -39,6 +39,7 @@ plot_density = _native.plot_density
 elpd_fields, compare, plot_loo_pit = _native.elpd_fields, _native.compare, _native.plot_loo_pit
 
 __all__ = [
+    "ELPDData",
     "GENERATION",
     "InferenceData",
     "compare",
@@ -108,8 +109,8 @@ def elpd_data(
     num_samples: int,
     extras: Mapping[str, object] | None = None,
     dim: str = "datapoint",
-):
-    """The generation's own ``ELPDData`` (kind ``loo``, log scale) from pointwise values:
+) -> ELPDData:
+    """The generation's own LOO result (:data:`ELPDData`, log scale) from pointwise values:
     ``elpd`` their sum, ``se`` = sqrt(N · Var(elpd_i)) as ArviZ computes it, ``warning`` when
     any k̂ exceeds :func:`good_k`. Arrays among ``extras`` are pointwise (dim ``dim``), the
     rest are kept as given; ``elpd["name"]`` reads them under both generations."""

@@ -17,6 +17,7 @@ with warnings.catch_warnings():  # arviz 0.2x announces its 1.0 refactor on impo
     import arviz as az
 
 InferenceData = az.InferenceData
+ELPDData = az.ELPDData
 
 
 @contextlib.contextmanager
@@ -120,7 +121,7 @@ def ecdf_band(num_samples: int, points: np.ndarray, prob: float) -> tuple[np.nda
 
 def elpd_data(
     *, elpd, se, p, n_samples, n_data_points, warning, good_k, elpd_i, pareto_k, extras
-) -> az.ELPDData:
+) -> ELPDData:
     """ArviZ's own ``ELPDData`` laid out as ``az.loo(pointwise=True)`` builds it (the same
     index, in the same order), ``extras`` appended as further entries."""
     index = ["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i",
@@ -140,7 +141,7 @@ def elpd_fields(elpd) -> dict:
     }
 
 
-def compare(elpds: Mapping[str, az.ELPDData]) -> pd.DataFrame:
+def compare(elpds: Mapping[str, ELPDData]) -> pd.DataFrame:
     """``az.compare`` of precomputed ``ELPDData``: stacking weights, ``elpd_diff`` and its
     standard error ``dse`` against the best model."""
     with _quiet():

@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from scipy.special import logsumexp
 
 InferenceData = xr.DataTree
+# arviz_stats 1.3 returns LOO results as ELPDDataLOO; before, as ELPDData of kind "loo"
+ELPDData = getattr(arviz_stats, "ELPDDataLOO", arviz_stats.ELPDData)
 
 
 @contextlib.contextmanager
@@ -169,7 +171,7 @@ def plot_density(idata: Sequence[xr.DataTree], labels: Sequence[str], var_names,
 
 def elpd_data(
     *, elpd, se, p, n_samples, n_data_points, warning, good_k, elpd_i, pareto_k, extras
-):
+) -> ELPDData:
     """arviz_stats' own LOO result as ``loo_approximate_posterior`` builds it (log scale,
     ``approx_posterior``: the draws came from q and were importance weighted):
     ``ELPDDataLOO`` from arviz_stats 1.3, ``ELPDData`` of kind ``"loo"`` before. ``extras``
@@ -177,8 +179,8 @@ def elpd_data(
     fields = dict(elpd=elpd, se=se, p=p, n_samples=n_samples, n_data_points=n_data_points,
                   scale="log", warning=warning, good_k=good_k, elpd_i=elpd_i,
                   pareto_k=pareto_k, approx_posterior=True)
-    loo = getattr(arviz_stats, "ELPDDataLOO", None)
-    result = loo(**fields) if loo is not None else arviz_stats.ELPDData(kind="loo", **fields)
+    own_kind = ELPDData is not arviz_stats.ELPDData
+    result = ELPDData(**fields) if own_kind else ELPDData(kind="loo", **fields)
     for name, value in extras.items():
         setattr(result, name, value)
     return result
@@ -194,7 +196,7 @@ def elpd_fields(elpd) -> dict:
     }
 
 
-def compare(elpds: Mapping[str, object]) -> pd.DataFrame:
+def compare(elpds: Mapping[str, ELPDData]) -> pd.DataFrame:
     """``arviz_stats.compare`` of precomputed ``ELPDData`` (stacking weights, ``elpd_diff``
     and its standard error ``dse``), unrounded, as 0.2x lays it out: ``elpd_diff`` is how far
     each model lies below the best (arviz_stats gives it negative), and each model's
