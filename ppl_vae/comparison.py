@@ -19,13 +19,16 @@ parameters, and these are measured (definitions in docs/estimators.md):
    every device), and on CUDA ``cuda_peak_mb``, the allocator's peak above what was allocated
    before the pass (NaN on CPU, where no allocator peak is kept).
 5. *Final quality*: held-out ELBO (closed-form KL where registered, K = ``final_particles``,
-   with its Monte Carlo standard error)
-   and the importance-sampled log-likelihood (IWAE bound, K = ``ll_samples``; Burda et al.
-   2016) per datapoint; with ``exact_log_likelihood`` also the exact log p(x) and the true gap
-   log p(x) − ELBO = KL(q(z|x) ‖ p(z|x)); and on the first ``gap_rows`` held-out rows its split
-   into the amortization and approximation gaps (:func:`~ppl_vae.inference_gap`; Cremer et
-   al. 2018). Differences to the first estimator are paired by seed, with a 95% Student-t
-   interval over seeds.
+   with its Monte Carlo standard error) and the importance-sampled log-likelihood per
+   datapoint, from one call of :func:`~ppl_vae.elpd` with S = ``ll_samples`` draws: ``elpd``
+   (PSIS-smoothed; with global latents and no ``test_data``, PSIS-LOO) and
+   ``log_likelihood``, its raw-weight estimate (the IWAE bound, Burda et al. 2016, without
+   global latents), the pointwise values in ``Comparison.elpd`` and the report's
+   ``az.compare`` of the runs; with ``exact_log_likelihood`` also the exact log p(x) and the
+   true gap log p(x) − ELBO = KL(q(z|x) ‖ p(z|x)); and on the first ``gap_rows`` held-out
+   rows its split into the amortization and approximation gaps
+   (:func:`~ppl_vae.inference_gap`; Cremer et al. 2018). Differences to the first estimator
+   are paired by seed, with a 95% Student-t interval over seeds.
 6. *Sites*: which latent sites got a closed-form KL under each estimator.
 
 Besides ``"sampled"`` and ``"analytic"``, the optional rows ``"stl"`` and ``"iwae"`` (K =
@@ -54,8 +57,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import arviz_compat, report
 from . import params as param_io
-from . import report
 from .dataset import as_dataset
 from .errors import OutputError, PplVaeError, check_integers, check_seed
 from .estimators import get
@@ -65,7 +68,7 @@ from .runs import read_json, run_directory, versions, write_json
 from .tables import assemble
 from .training import DEFAULT_BATCH_SIZE
 
-FORMAT = "ppl_vae.comparison/1"
+FORMAT = "ppl_vae.comparison/2"
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class Comparison:
         draws: the individual draws behind ``estimates`` (``draw, elbo, kl``).
         sites: per estimator and latent site: q, p, whether a closed form is registered, and
             ``kl``: ``"closed-form"`` or ``"sampled"``.
+        elpd: long: ``estimator, seed, datapoint, elpd, pareto_k, iwae``, the final held-out
+            ELPD of every run per datapoint (:func:`~ppl_vae.elpd`, S = ``ll_samples``), from
+            which the report's ``az.compare`` of the runs is made (:meth:`elpd_data`).
         settings: the arguments, what was measured how, and package versions.
     """
 
@@ -102,11 +108,26 @@ class Comparison:
     estimates: pd.DataFrame
     draws: pd.DataFrame
     sites: pd.DataFrame
+    elpd: pd.DataFrame
     settings: dict = field(default_factory=dict)
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Every DataFrame by its attribute name."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
+
+    def elpd_data(self) -> dict[str, Any]:
+        """ArviZ's ``ELPDData`` of every run's held-out ELPD, named ``"ESTIMATOR, seed S"``:
+        what ``az.compare`` takes (``ppl_vae.arviz_compat.compare`` under either
+        generation)."""
+        runs = self.runs.set_index(["estimator", "seed"])
+        return {
+            f"{estimator}, seed {seed}": arviz_compat.elpd_data(
+                rows["elpd"].to_numpy(), rows["pareto_k"].to_numpy(),
+                p=runs.loc[(estimator, seed), "elpd_p"], num_samples=self.settings["ll_samples"],
+                extras={"iwae_i": rows["iwae"].to_numpy()},
+            )
+            for (estimator, seed), rows in self.elpd.groupby(["estimator", "seed"], sort=False)
+        }
 
     def save(
         self,

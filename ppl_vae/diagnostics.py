@@ -12,9 +12,11 @@ ratios (PSIS, Vehtari et al. 2024). Its shape :math:`\hat k` estimates how heavy
 
 For an amortized guide the diagnostic is computed per datapoint: the weights of the joint
 posterior multiply over N points and say nothing. Draws are independent, so r_eff = 1.
-When all of a datapoint's log weights agree to within :data:`CONSTANT_SPREAD` (q equals the
-posterior up to float error) there is no tail to fit: k̂ is reported as −∞ and the point is
-good (PSIS itself would return +∞ there).
+When all of a datapoint's log weights agree to within
+:data:`~ppl_vae.predictive.CONSTANT_SPREAD` (q equals the posterior up to float error) there
+is no tail to fit: k̂ is reported as −∞ and the point is good (PSIS itself would return +∞
+there). The PSIS estimate of log p(x_n) is :func:`ppl_vae.predictive.importance`, the
+pointwise values of :func:`ppl_vae.elpd`.
 
 With global latents θ the per-datapoint weights are the local part given θ_k ~ q(θ); whether
 q(θ) itself can be trusted is the k̂ of the whole data set's weights w_k (``joint_khat``), and
@@ -23,19 +25,18 @@ the verdict is about it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import logsumexp
 
-from . import arviz_compat
 from .errors import check_positive
 from .evaluation import log_weights
+from .predictive import importance
 
 GOOD, USABLE = 0.5, 0.7
-CONSTANT_SPREAD = 1e-3  # max − min of the log weights below which they count as equal
 
 
 def vi_diagnostics(
@@ -70,34 +71,29 @@ def vi_diagnostics(
     how = dict(batch_size=batch_size, particle_batch=particle_batch, seed=seed,
                model_kwargs=model_kwargs)
     weights = log_weights(model, guide, data, num_samples, how)
-    log_w = weights.local.double().cpu().numpy().T  # (N, S)
-    smoothed, khat = arviz_compat.psislw(log_w)
-    constant = np.ptp(log_w, axis=1) < CONSTANT_SPREAD
-    khat = np.where(constant, -np.inf, khat)
-    log_total = np.logaddexp.reduce(log_w, axis=1)
-    normalized = np.exp(log_w - log_total[:, None])
+    log_w = weights.local.double().cpu().numpy()  # (S, N)
+    rows = importance(log_w)
+    normalized = np.exp(log_w.T - logsumexp(log_w.T, axis=1, keepdims=True))
     table = pd.DataFrame(
         {
-            "khat": khat,
-            "psis_log_likelihood": np.logaddexp.reduce(smoothed, axis=1) - math.log(num_samples),
-            "log_likelihood": log_total - math.log(num_samples),
+            "khat": rows.khat,
+            "psis_log_likelihood": rows.elpd,
+            "log_likelihood": rows.raw,
             "ess": 1.0 / np.sum(normalized**2, axis=1),
             "verdict": pd.Categorical(
-                [category(k) for k in khat], categories=["good", "usable", "unreliable"]
+                [category(k) for k in rows.khat], categories=["good", "usable", "unreliable"]
             ),
         }
     )
     table.index.name = "datapoint"
-    table.attrs |= {"verdict": verdict(khat), "num_samples": num_samples, "seed": seed}
+    table.attrs |= {"verdict": verdict(rows.khat), "num_samples": num_samples, "seed": seed}
     table.attrs["global_sites"] = weights.global_sites
     if weights.global_sites:
-        joint = weights.joint.double().cpu().numpy()[None, :]
-        joint_khat = float(arviz_compat.psislw(joint)[1][0])
-        if np.ptp(joint) < CONSTANT_SPREAD:
-            joint_khat = -np.inf
+        joint = importance(weights.joint.double().cpu().numpy()[:, None])
+        joint_khat = float(joint.khat[0])
         table.attrs |= {
             "joint_khat": joint_khat,
-            "joint_log_likelihood": float(np.logaddexp.reduce(joint[0]) - math.log(num_samples)),
+            "joint_log_likelihood": float(joint.raw[0]),
             "verdict": joint_verdict(joint_khat, weights.global_sites),
         }
     return table

@@ -45,7 +45,7 @@ from .estimators import get
 from .kl import CLOSED_FORM, ENUMERATED, GUIDE_TERM, SAMPLED
 from .particles import ParticleTerms, dataset_terms
 from .rng import seeded
-from .traces import PairTraces, is_factor, is_guide_factor, run_pair
+from .traces import PairTraces, is_factor, is_guide_factor, is_guide_sample, run_pair
 
 PER_ROW_LOCAL = "per datapoint (no global latents: the rows sum to the joint numbers)"
 PER_ROW_GIVEN_GLOBALS = (
@@ -193,11 +193,13 @@ def _se(per_particle: torch.Tensor) -> torch.Tensor:
 @dataclass(frozen=True)
 class LogWeights:
     """Importance log weights of K particles: ``local`` per row ``(K, N)``, ``joint`` of the
-    whole data set ``(K,)``, and the global sites (empty: the rows are independent)."""
+    whole data set ``(K,)``, the global sites (empty: the rows are independent) and the
+    guide's sites in the data plate (empty: a row's weight is exact given the globals)."""
 
     local: torch.Tensor
     joint: torch.Tensor
     global_sites: list[str]
+    local_sites: list[str]
 
 
 def log_weights(model: Callable, guide: Callable, data, num_samples: int, how: Mapping
@@ -216,7 +218,9 @@ def log_weights(model: Callable, guide: Callable, data, num_samples: int, how: M
             terms = draw_terms(model, guide, prepared, k, batch_size)
             local.append(terms.log_weights())
             joint.append(terms.joint_log_weight())
-    return LogWeights(torch.cat(local), torch.cat(joint), prepared.global_sites)
+    guide = prepared.layout.guide.nodes.items()
+    local_sites = [n for n, s in guide if is_guide_sample(s) and prepared.layout.is_local(s)]
+    return LogWeights(torch.cat(local), torch.cat(joint), prepared.global_sites, local_sites)
 
 
 def importance_log_weights(

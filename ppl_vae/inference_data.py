@@ -16,8 +16,16 @@ under the model, and the groups are
   sites in no plate but the data plate; a guide site marked for enumeration is drawn;
 - ``posterior_predictive``: replicated observations :math:`\tilde x \sim p(x|z_{n,s})`;
 - ``log_likelihood``: :math:`\log p(x_n|z_{n,s})` per observed site, dims ``(chain, draw, obs)``
-  (a ``pyro.factor`` is no data: it is in none of the data groups, only in ``log_weight``);
-- ``sample_stats``: ``log_weight`` :math:`= \log p(x_n, z_{n,s}) - \log q(z_{n,s}|x_n)`;
+  (one value per row, a ``to_event`` site's elements summed; a ``pyro.factor`` is no data:
+  it is in none of the data groups, only in ``log_weight``), the conditional density at
+  draws of q: ``az.loo`` on it is PSIS-LOO only for global latents drawn from the posterior;
+  the group's ``attrs["meaning"]`` says so and, with local latents, a
+  :class:`LogLikelihoodWarning` points to :func:`~ppl_vae.elpd` (docs/diagnostics.md,
+  "Comparing models");
+- ``sample_stats``: ``log_weight`` :math:`= \log p(x_n, z_{n,s}) - \log q(z_{n,s}|x_n)`, and
+  with global latents θ ``global_log_weight`` :math:`= \log p(\theta_s) - \log q(\theta_s)`
+  (dims ``(chain, draw)``; with the rows' log weights it makes the joint weight that
+  :func:`~ppl_vae.plot_loo_pit` corrects q with);
 - ``observed_data``, and attributes (seed, estimator, steps, package versions).
 
 Draws of the guide are not a Markov chain: within a chain they are independent. Independent
@@ -26,6 +34,7 @@ fits (seeds) become separate chains, so that R-hat measures how much restarts di
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -54,6 +63,19 @@ from .traces import (
 from .training import FitResult
 
 OBS_DIM = "obs"
+CONDITIONAL = (
+    "log p(x_n | latents) at draws of the guide q, one value per row and observed site (the "
+    "elements of a to_event site summed). az.loo/az.waic/az.compare read it as draws from "
+    "the posterior: PSIS-LOO for global latents up to q's error; with local latents, whose "
+    "draws were fitted to x_n itself, a harmonic-mean estimate of log p(x_n), not the "
+    "predictive density: use ppl_vae.elpd. az.plot_loo_pit needs one value per element: "
+    "use ppl_vae.plot_loo_pit."
+)
+
+
+class LogLikelihoodWarning(UserWarning):
+    """The export's ``log_likelihood`` group is log p(x_n | z_n) of local latents fitted to
+    x_n: ``az.loo`` and ``az.compare`` on it do not estimate the predictive density."""
 
 
 def to_inference_data(
@@ -128,9 +150,18 @@ def to_inference_data(
         for group in ("posterior", "posterior_predictive", "observed_data")
     }
     dims["log_likelihood"] = {name: [row] for name in groups["log_likelihood"]}
-    dims["sample_stats"] = {"log_weight": [row]}
+    dims["sample_stats"] = {"log_weight": [row], "global_log_weight": []}
+    if any(is_latent(s) and layout.is_local(s) for s in layout.model.nodes.values()):
+        warnings.warn(
+            "the log_likelihood group holds log p(x_n | z_n) at draws of q(z_n | x_n): az.loo, "
+            "az.waic and az.compare on it do not estimate the predictive density of x_n; use "
+            "ppl_vae.elpd(model, guide, data, held_out=...) and ppl_vae.plot_loo_pit(idata)",
+            LogLikelihoodWarning,
+            stacklevel=2,
+        )
     attrs = _attrs(seed, num_samples, fits, attrs) | {"row_dim": row}
-    return arviz_compat.from_dict(groups, dims, {row: index.tolist()}, attrs)
+    return arviz_compat.from_dict(groups, dims, {row: index.tolist()}, attrs,
+                                  {"log_likelihood": {"meaning": CONDITIONAL}})
 
 
 def row_dim(layout: PairTraces) -> str:
@@ -194,6 +225,8 @@ def _chain(
             for name, value in terms.observed.items():
                 add("log_likelihood", name, value)
             add("sample_stats", "log_weight", terms.log_weights())
+            if terms.globals.log_q:
+                add("sample_stats", "global_log_weight", terms.globals.log_weight())
     arrays = {
         g: {name: torch.cat(v).numpy() for name, v in group.items()} for g, group in parts.items()
     }

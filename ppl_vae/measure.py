@@ -25,9 +25,10 @@ from . import params as param_io
 from .dataset import Batch, Dataset
 from .errors import PairError
 from .estimators import get
-from .evaluation import evaluate, log_likelihood
+from .evaluation import evaluate
 from .gap import inference_gap
 from .kl import KLFallbackWarning
+from .predictive import elpd, pointwise_table, summary
 from .rng import derived_seed
 from .traces import run_pair
 from .training import fit
@@ -47,6 +48,7 @@ class RunRecord:
     history: pd.DataFrame | None = None
     sites: pd.DataFrame | None = None
     gap_skipped: str | None = None  # why the gap split was not measured
+    pointwise: pd.DataFrame | None = None  # the held-out ELPD per datapoint (elpd, k̂, iwae)
 
 
 def measure_runs(
@@ -78,7 +80,7 @@ def measure_runs(
                     bar.set_description(f"compare[{estimator}, seed {seed}]")
                     run = _Run(model, guide, estimator, int(seed), settings, probe)
                     run.train(dataset, held_out, bar)
-                    run.finish(held_out, exact_log_likelihood)
+                    run.finish(held_out, exact_log_likelihood, held_out is not dataset)
                     records.append(run.record)
     finally:
         bar.close()
@@ -185,18 +187,29 @@ class _Run:
         self.record.history, self.record.sites = result.history, result.sites
         self.train_elbo = result.final_elbo
 
-    def finish(self, held_out: Dataset, exact) -> None:
-        """Final held-out quality, cost, and the memory of one training step."""
+    def finish(self, held_out: Dataset, exact, unseen: bool) -> None:
+        """Final held-out quality, cost, and the memory of one training step; ``unseen``:
+        the held-out rows are not the training rows."""
         x = held_out.to(param_io.device())
         history = self.record.history
         seed = derived_seed(self.seed, len(history) + 1)
         terms = evaluate(self.model, self.guide, x, self.settings.final_particles, seed=seed)
         elbo = terms.attrs["joint"]["elbo"] / len(terms)  # the mean row's, globals included
-        ll = log_likelihood(self.model, self.guide, x, self.settings.ll_samples, seed=seed)
+        with warnings.catch_warnings():  # k̂ is in the record, and in the report's az.compare
+            warnings.simplefilter("ignore", UserWarning)
+            predictive = elpd(self.model, self.guide, x, self.settings.ll_samples,
+                              held_out=unseen, seed=seed)
+        self.record.pointwise = pointwise_table(predictive)
+        totals = summary(predictive)
+        rows = totals["n_data_points"]
         final = {
             "test_elbo": elbo,
             "test_elbo_se": _joint_se(terms),
-            "log_likelihood": ll.attrs["joint"] / len(ll),
+            "log_likelihood": totals["iwae"] / rows,
+            "elpd": totals["elpd"] / rows,
+            "elpd_se": totals["se"] / rows,
+            "elpd_p": totals["p"],
+            "khat_above": float(totals["khat_above"]),
             "train_elbo": self.train_elbo,
             "ms_per_step": 1e3 * float(np.median(np.diff(history["time_s"], prepend=0.0))),
             **self._step_memory(),

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from . import arviz_compat
 from .estimators import get
 from .figures import FIGURE_MAKERS, FIGURES
 from .files import atomic_write, atomic_write_text
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 LABELS = {
     "test_elbo": "held-out ELBO",
     "log_likelihood": "log p(x), IWAE",
+    "elpd": "ELPD (PSIS)",
     "exact_log_likelihood": "exact log p(x)",
     "gap": "exact gap log p(x) − ELBO",
     "amortization_gap": "amortization gap",
@@ -73,6 +75,8 @@ def markdown(
     ]
     if not comparison.differences.empty:
         lines += ["## Paired differences", "", _differences_table(comparison), ""]
+    if not comparison.elpd.empty:
+        lines += ["## Model comparison (az.compare)", "", _compare_table(comparison), ""]
     lines += [
         "## Estimate variance at fixed parameters",
         "",
@@ -281,8 +285,8 @@ def _at_same_params(frame: pd.DataFrame, other: str, value: str = "variance") ->
 def headline(comparison: Comparison) -> str:
     summary = comparison.summary
     columns = {"estimator": summary["estimator"]}
-    for metric in ("test_elbo", "log_likelihood", "exact_log_likelihood", "gap", "amortization_gap",
-                   "approximation_gap", "train_elbo"):
+    for metric in ("test_elbo", "log_likelihood", "elpd", "exact_log_likelihood", "gap",
+                   "amortization_gap", "approximation_gap", "train_elbo"):
         if metric in summary.columns:
             name = LABELS.get(metric, "train ELBO (last 10%)")
             columns[name] = _pm(summary, metric, 3)
@@ -319,6 +323,31 @@ def _differences_table(comparison: Comparison) -> str:
             }
         )
     )
+
+
+def _compare_table(comparison: Comparison) -> str:
+    """ArviZ's ``compare`` of every run's held-out ELPD, and what it means."""
+    s = comparison.settings
+    table = arviz_compat.compare(comparison.elpd_data())
+    shown = pd.DataFrame({
+        "run": table.index,
+        "rank": table["rank"],
+        "ELPD": table["elpd"].map("{:.2f}".format),
+        "se": table["se"].map("{:.2f}".format),
+        "elpd_diff": table["elpd_diff"].map("{:.2f}".format),
+        "dse": table["dse"].map("{:.2f}".format),
+        "weight": table["weight"].map("{:.3f}".format),
+        "k̂ warning": table["warning"],
+    })
+    return "\n".join([
+        f"Every run's ELPD summed over the {s['eval_rows']} held-out rows (ppl_vae.elpd, S = "
+        f"{s['ll_samples']}; see docs/diagnostics.md), ranked by ArviZ's compare: elpd_diff "
+        "is the difference to the best run and dse its standard error over the rows; a "
+        "difference within about 2 dse is not a difference. k̂ warning: some row's Pareto k̂ "
+        "exceeds ArviZ's threshold, so its estimate is unreliable.",
+        "",
+        _table(shown),
+    ])
 
 
 def _estimates_table(comparison: Comparison) -> str:

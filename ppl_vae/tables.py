@@ -14,8 +14,9 @@ from scipy import stats
 
 from .measure import RunRecord
 
-QUALITY = ("test_elbo", "log_likelihood", "exact_log_likelihood", "gap", "amortization_gap",
-           "approximation_gap")
+QUALITY = ("test_elbo", "log_likelihood", "elpd", "exact_log_likelihood", "gap",
+           "amortization_gap", "approximation_gap")
+POINTWISE = ["estimator", "seed", "datapoint", "elpd", "pareto_k", "iwae"]
 
 
 def assemble(records: list[RunRecord], estimators: list[str]) -> dict[str, pd.DataFrame]:
@@ -48,6 +49,8 @@ def assemble(records: list[RunRecord], estimators: list[str]) -> dict[str, pd.Da
         ignore_index=True,
     )
     sites = sites[["estimator", *[c for c in sites.columns if c != "estimator"]]]
+    pointwise = [r.pointwise.reset_index().assign(estimator=r.estimator, seed=r.seed)
+                 for r in records if r.pointwise is not None]
     return {
         "summary": summary(runs, estimates, gradients, estimators),
         "differences": differences(runs, estimators),
@@ -57,6 +60,8 @@ def assemble(records: list[RunRecord], estimators: list[str]) -> dict[str, pd.Da
         "estimates": estimates,
         "draws": draws,
         "sites": sites,
+        "elpd": pd.concat(pointwise, ignore_index=True)[POINTWISE] if pointwise
+        else pd.DataFrame(columns=POINTWISE),
     }
 
 

@@ -257,3 +257,31 @@ def test_the_arviz1_calls_in_the_docs_run(monkeypatch):
     for block in blocks:
         exec(compile(block, "docs/diagnostics.md:arviz1", "exec"), namespace)  # noqa: S102
     assert isinstance(namespace["idata"], arviz_compat.InferenceData)
+
+
+def test_elpd_data_is_the_generations_own_and_compare_reads_it():
+    # hand-made pointwise values: totals, se, the difference and its se are exact sums
+    rng = np.random.default_rng(0)
+    better, worse = rng.normal(-5.0, 1.0, 50), rng.normal(-5.5, 1.0, 50)
+    khat = np.full(50, 0.2)
+    fits = {
+        "better": arviz_compat.elpd_data(better, khat, p=2.0, num_samples=1000,
+                                         extras={"iwae_i": better - 0.1, "method": "m"}),
+        "worse": arviz_compat.elpd_data(worse, np.r_[khat[:-1], 0.9], p=np.nan,
+                                        num_samples=1000),
+    }
+    fields = arviz_compat.elpd_fields(fits["better"])
+    assert fields["elpd"] == pytest.approx(better.sum())
+    assert fields["se"] == pytest.approx(np.sqrt(50 * np.var(better)))
+    assert fields["p"] == 2.0 and fields["good_k"] == pytest.approx(1 - 1 / 3)
+    assert not fields["warning"] and arviz_compat.elpd_fields(fits["worse"])["warning"]
+    np.testing.assert_allclose(fits["better"]["iwae_i"], better - 0.1)
+    assert fits["better"]["method"] == "m"
+    table = arviz_compat.compare(fits)
+    assert list(table.index) == ["better", "worse"] and list(table["rank"]) == [0, 1]
+    difference = better - worse
+    assert table.loc["worse", "elpd_diff"] == pytest.approx(difference.sum())
+    assert table.loc["worse", "dse"] == pytest.approx(np.sqrt(50 * np.var(difference)))
+    assert table["warning"].tolist() == [False, True]
+    native = az.compare(fits)  # the generation's own compare takes them as they are
+    assert list(native.index) == ["better", "worse"]

@@ -2,13 +2,14 @@
 
 import math
 
+import numpy as np
 import pandas as pd
 import pyro
 import pytest
 import torch
 
 import ppl_vae
-from ppl_vae import Comparison, compare_estimators
+from ppl_vae import Comparison, arviz_compat, compare_estimators
 from ppl_vae.errors import EstimatorError, OutputError, PplVaeError
 from ppl_vae.report import markdown
 from tests.conftest import requires_cuda
@@ -129,6 +130,18 @@ def test_shapes_and_definitions(binary_data):
     assert (c.runs["log_likelihood"] > c.runs["test_elbo"] - 0.05).all()
     assert list(c.sites["kl"]) == ["sampled", "closed-form"]
     assert (c.runs["graph_mb"] > 0).all() and c.runs["cuda_peak_mb"].isna().all()
+    # held-out log p(x) from ppl_vae.elpd: its rows, their sum, the IWAE beside them
+    rows = c.elpd.groupby(["estimator", "seed"], sort=False)
+    assert len(c.elpd) == 4 * len(test) and rows.size().eq(len(test)).all()
+    per_row = rows[["elpd", "iwae"]].mean()
+    np.testing.assert_allclose(per_row["elpd"], runs["elpd"].loc[per_row.index])
+    np.testing.assert_allclose(per_row["iwae"], runs["log_likelihood"].loc[per_row.index])
+    fits = c.elpd_data()
+    assert list(fits) == ["sampled, seed 0", "analytic, seed 0", "sampled, seed 1",
+                          "analytic, seed 1"]
+    table = arviz_compat.compare(fits)
+    assert table["elpd"].max() == pytest.approx(len(test) * c.runs["elpd"].max())
+    assert "## Model comparison (az.compare)" in markdown(c) and "dse" in markdown(c)
 
 
 def test_linear_gaussian_reports_the_exact_gap():
@@ -152,6 +165,9 @@ def test_linear_gaussian_reports_the_exact_gap():
     assert (errors < 4 * c.runs["test_elbo_se"] + 1e-4).all(), (errors, c.runs["test_elbo_se"])
     assert (c.runs["gap"] > 0).all()
     assert (c.runs["log_likelihood"] <= c.runs["exact_log_likelihood"] + 0.02).all()
+    # the held-out ELPD estimates log p(x): far closer to it than the ELBO is, after 40 steps
+    error = (c.runs["elpd"] - c.runs["exact_log_likelihood"]).abs()
+    assert (error < 0.1).all() and (error < 0.5 * c.runs["gap"]).all(), (error, c.runs["gap"])
     assert "exact gap log p(x) − ELBO" in markdown(c)
     assert "gap" in set(c.differences["metric"])
 

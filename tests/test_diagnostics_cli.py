@@ -26,7 +26,8 @@ def test_diagnose_writes_netcdf_khat_summary_and_figures(trained, tmp_path, caps
                  "--gap-rows", "10", "--gap-steps", "40"])  # fmt: skip
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["posterior.nc", "khat.csv", "summary.csv", "diagnostics.json", "posterior.png"]
+        ["posterior.nc", "khat.csv", "elpd.csv", "summary.csv", "diagnostics.json"]
+        + ["posterior.png"]
         + ["ppc.png", "khat.png", "calibration.csv", "ranks.csv", "calibration.png"]
         + ["gap.csv", "gap.png"]
     )
@@ -48,6 +49,11 @@ def test_diagnose_writes_netcdf_khat_summary_and_figures(trained, tmp_path, caps
     assert khat["log_likelihood"].mean() == pytest.approx(
         run["metrics"]["test_log_likelihood"], abs=0.3
     )
+    # the ELPD per datapoint: for a VAE the PSIS estimate of log p(x_n), k̂'s own draws
+    elpd = pd.read_csv(out / "elpd.csv", index_col="datapoint")
+    assert list(elpd.columns) == ["elpd", "pareto_k", "iwae"] and len(elpd) == 359
+    pd.testing.assert_series_equal(elpd["elpd"], khat["psis_log_likelihood"], check_names=False)
+    pd.testing.assert_series_equal(elpd["iwae"], khat["log_likelihood"], check_names=False)
     idata = az.from_netcdf(out / "posterior.nc")
     assert idata.posterior["z"].shape == (1, 60, 3, 8)
     assert idata.posterior["obs"].values.tolist() == [0, 1, 2]
@@ -57,8 +63,11 @@ def test_diagnose_writes_netcdf_khat_summary_and_figures(trained, tmp_path, caps
     report = json.loads((out / "diagnostics.json").read_text())
     assert sum(report["khat_counts"].values()) == 359
     assert report["khat_counts"]["good"] == int((khat["khat"] < 0.5).sum())
+    assert report["elpd"]["elpd"] == pytest.approx(elpd["elpd"].sum())
+    assert report["elpd"]["evaluated_on"].startswith("held-out")
     printed = capsys.readouterr().out
     assert report["verdict"] in printed
+    assert f"ELPD: {report['elpd']['elpd']:.1f} ± {report['elpd']['se']:.1f}" in printed
     assert report["calibration"]["summary"] in printed and "SBC (300 simulations" in printed
     assert report["calibration"]["num_simulations"] == 300
     assert report["inference_gap"]["summary"] in printed

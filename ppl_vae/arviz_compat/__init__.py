@@ -1,4 +1,5 @@
-"""The one place that calls ArviZ: conversion, PSIS, summaries, NetCDF files and plots.
+"""The one place that calls ArviZ: conversion, PSIS, ``ELPDData`` and ``compare``, summaries,
+NetCDF files and plots.
 
 The rest of ppl_vae builds plain dicts of numpy arrays (``{group: {variable: array}}`` with
 dims ``(chain, draw, ...)`` for sampled groups) and reads results back as numpy arrays
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 GENERATION = 0 if version("arviz").startswith("0.") else 1
 
@@ -29,24 +31,31 @@ if GENERATION == 0:
 else:
     from . import _arviz1 as _native
 
-InferenceData = _native.InferenceData
+InferenceData, ELPDData = _native.InferenceData, _native.ELPDData
 dataset, combine, groups, load = _native.dataset, _native.combine, _native.groups, _native.load
 psislw, raw_summary = _native.psislw, _native.raw_summary
 plot_posterior, plot_ppc, plot_khat = _native.plot_posterior, _native.plot_ppc, _native.plot_khat
 plot_density = _native.plot_density
+elpd_fields, compare, plot_loo_pit = _native.elpd_fields, _native.compare, _native.plot_loo_pit
 
 __all__ = [
+    "ELPDData",
     "GENERATION",
     "InferenceData",
+    "compare",
     "coordinate",
     "draws",
     "ecdf_band",
+    "elpd_data",
+    "elpd_fields",
     "from_dict",
+    "good_k",
     "groups",
     "load",
     "num_chains",
     "plot_density",
     "plot_khat",
+    "plot_loo_pit",
     "plot_posterior",
     "plot_ppc",
     "psislw",
@@ -63,24 +72,70 @@ def from_dict(
     dims: Mapping[str, Mapping[str, Sequence[str]]],
     coords: Mapping[str, Sequence],
     attrs: Mapping[str, object],
+    group_attrs: Mapping[str, Mapping[str, object]] | None = None,
 ) -> InferenceData:
     """``{group: {var: array}}`` with ``{group: {var: dims}}`` → the generation's object.
 
     Dims are given per group because one name (the observed site ``x``) is both observed data
     ``(obs, x_dim_0)`` and a log-likelihood ``(chain, draw, obs)``. ``observed_data`` has no
-    ``(chain, draw)`` dims; ``attrs`` go on every group.
+    ``(chain, draw)`` dims; ``attrs`` go on every group, ``group_attrs[group]`` on that one.
     """
     return combine(
         {
             group: dataset(
                 dict(variables),
-                attrs=dict(attrs),
+                attrs=dict(attrs) | dict((group_attrs or {}).get(group, {})),
                 coords={k: list(v) for k, v in coords.items()},
                 dims={k: list(v) for k, v in dims.get(group, {}).items()},
                 sampled=group != "observed_data",
             )
             for group, variables in groups.items()
         }
+    )
+
+
+def good_k(num_samples: int) -> float:
+    """ArviZ's k̂ threshold for ``num_samples`` draws, min(1 − 1/log10 S, 0.7) (0.7 for one
+    draw; Vehtari et al. 2024): above it the PSIS estimate is unreliable. Both
+    generations' ``loo`` use it for ``warning`` and ``good_k``."""
+    return min(1 - 1 / np.log10(num_samples), 0.7) if num_samples > 1 else 0.7
+
+
+def elpd_data(
+    elpd_i: np.ndarray,
+    pareto_k: np.ndarray,
+    *,
+    p: float,
+    num_samples: int,
+    extras: Mapping[str, object] | None = None,
+    dim: str = "datapoint",
+) -> ELPDData:
+    """The generation's own LOO result (:data:`ELPDData`, log scale) from pointwise values:
+    ``elpd`` their sum, ``se`` = sqrt(N · Var(elpd_i)) as ArviZ computes it, ``warning`` when
+    any k̂ exceeds :func:`good_k`. Arrays among ``extras`` are pointwise (dim ``dim``), the
+    rest are kept as given; ``elpd["name"]`` reads them under both generations."""
+    elpd_i = np.asarray(elpd_i, dtype=float)
+    pareto_k = np.asarray(pareto_k, dtype=float)
+    coords = {dim: np.arange(elpd_i.size)}
+
+    def pointwise(values: np.ndarray) -> xr.DataArray:
+        return xr.DataArray(np.asarray(values, dtype=float), dims=[dim], coords=coords)
+
+    threshold = good_k(num_samples)
+    return _native.elpd_data(
+        elpd=float(elpd_i.sum()),
+        se=float(np.sqrt(elpd_i.size * np.var(elpd_i))),
+        p=float(p),
+        n_samples=int(num_samples),
+        n_data_points=int(elpd_i.size),
+        warning=bool(np.any(pareto_k > threshold)),
+        good_k=threshold,
+        elpd_i=pointwise(elpd_i),
+        pareto_k=pointwise(pareto_k),
+        extras={
+            name: pointwise(value) if isinstance(value, np.ndarray) else value
+            for name, value in (extras or {}).items()
+        },
     )
 
 

@@ -17,6 +17,7 @@ with warnings.catch_warnings():  # arviz 0.2x announces its 1.0 refactor on impo
     import arviz as az
 
 InferenceData = az.InferenceData
+ELPDData = az.ELPDData
 
 
 @contextlib.contextmanager
@@ -116,3 +117,48 @@ def ecdf_band(num_samples: int, points: np.ndarray, prob: float) -> tuple[np.nda
     points = np.asarray(points, dtype=float)
     with _quiet():
         return ecdf_confidence_band(num_samples, points, points, prob=prob, method="optimized")
+
+
+def elpd_data(
+    *, elpd, se, p, n_samples, n_data_points, warning, good_k, elpd_i, pareto_k, extras
+) -> ELPDData:
+    """ArviZ's own ``ELPDData`` laid out as ``az.loo(pointwise=True)`` builds it (the same
+    index, in the same order), ``extras`` appended as further entries."""
+    index = ["elpd_loo", "se", "p_loo", "n_samples", "n_data_points", "warning", "loo_i",
+             "pareto_k", "scale", "good_k"]
+    values = [elpd, se, p, n_samples, n_data_points, warning, elpd_i.rename("loo_i"),
+              pareto_k.rename("pareto_shape"), "log", good_k]
+    return az.ELPDData(data=values + list(extras.values()), index=index + list(extras))
+
+
+def elpd_fields(elpd) -> dict:
+    """The fields of an ``ELPDData`` under neutral names (pointwise ones as numpy arrays)."""
+    return {
+        "elpd": float(elpd["elpd_loo"]), "se": float(elpd["se"]), "p": float(elpd["p_loo"]),
+        "n_samples": int(elpd["n_samples"]), "n_data_points": int(elpd["n_data_points"]),
+        "warning": bool(elpd["warning"]), "good_k": float(elpd["good_k"]),
+        "elpd_i": np.asarray(elpd["loo_i"]), "pareto_k": np.asarray(elpd["pareto_k"]),
+    }
+
+
+def compare(elpds: Mapping[str, ELPDData]) -> pd.DataFrame:
+    """``az.compare`` of precomputed ``ELPDData``: stacking weights, ``elpd_diff`` and its
+    standard error ``dse`` against the best model."""
+    with _quiet():
+        table = az.compare(dict(elpds))
+    return table.rename(columns={"elpd_loo": "elpd", "p_loo": "p"})
+
+
+def plot_loo_pit(idata: InferenceData, var_name: str, loo_log_weights: np.ndarray) -> Figure:
+    """``az.plot_loo_pit`` of ``var_name`` with the given leave-one-out log weights, one row
+    per datapoint ``(rows, draws)`` in ``(chain, draw)`` order, unnormalized and unsmoothed:
+    they are Pareto-smoothed here and repeated over the elements of each row."""
+    smoothed, _ = psislw(loo_log_weights)
+    smoothed -= np.logaddexp.reduce(smoothed, axis=1, keepdims=True)
+    y_hat = idata.posterior_predictive[var_name].stack(__sample__=("chain", "draw")).values
+    rows, draws = smoothed.shape
+    shape = (rows,) + (1,) * (y_hat.ndim - 2) + (draws,)
+    weights = np.broadcast_to(smoothed.reshape(shape), y_hat.shape)
+    with _quiet():
+        axes = az.plot_loo_pit(idata, y=var_name, log_weights=weights)
+    return np.ravel(axes)[0].figure

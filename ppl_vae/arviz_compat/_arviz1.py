@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from scipy.special import logsumexp
 
 InferenceData = xr.DataTree
+# arviz_stats 1.3 returns LOO results as ELPDDataLOO; before, as ELPDData of kind "loo"
+ELPDData = getattr(arviz_stats, "ELPDDataLOO", arviz_stats.ELPDData)
 
 
 @contextlib.contextmanager
@@ -165,3 +167,61 @@ def plot_density(idata: Sequence[xr.DataTree], labels: Sequence[str], var_names,
         )
         plot.add_legend("model")
     return np.asarray(_figure(plot).axes)
+
+
+def elpd_data(
+    *, elpd, se, p, n_samples, n_data_points, warning, good_k, elpd_i, pareto_k, extras
+) -> ELPDData:
+    """arviz_stats' own LOO result as ``loo_approximate_posterior`` builds it (log scale,
+    ``approx_posterior``: the draws came from q and were importance weighted):
+    ``ELPDDataLOO`` from arviz_stats 1.3, ``ELPDData`` of kind ``"loo"`` before. ``extras``
+    become further attributes (``elpd["name"]`` reads them)."""
+    fields = dict(elpd=elpd, se=se, p=p, n_samples=n_samples, n_data_points=n_data_points,
+                  scale="log", warning=warning, good_k=good_k, elpd_i=elpd_i,
+                  pareto_k=pareto_k, approx_posterior=True)
+    own_kind = ELPDData is not arviz_stats.ELPDData
+    result = ELPDData(**fields) if own_kind else ELPDData(kind="loo", **fields)
+    for name, value in extras.items():
+        setattr(result, name, value)
+    return result
+
+
+def elpd_fields(elpd) -> dict:
+    """The fields of an ``ELPDData`` under neutral names (pointwise ones as numpy arrays)."""
+    return {
+        "elpd": float(elpd.elpd), "se": float(elpd.se), "p": float(elpd.p),
+        "n_samples": int(elpd.n_samples), "n_data_points": int(elpd.n_data_points),
+        "warning": bool(elpd.warning), "good_k": float(elpd.good_k),
+        "elpd_i": np.asarray(elpd.elpd_i), "pareto_k": np.asarray(elpd.pareto_k),
+    }
+
+
+def compare(elpds: Mapping[str, ELPDData]) -> pd.DataFrame:
+    """``arviz_stats.compare`` of precomputed ``ELPDData`` (stacking weights, ``elpd_diff``
+    and its standard error ``dse``), unrounded, as 0.2x lays it out: ``elpd_diff`` is how far
+    each model lies below the best (arviz_stats gives it negative), and each model's
+    ``warning`` is added (arviz_stats counts the k̂ above the threshold in ``diag_elpd``)."""
+    with _quiet():
+        table = arviz_stats.compare(dict(elpds), round_to="none")
+    return table.assign(elpd_diff=table["elpd_diff"].abs(),
+                        warning=[bool(elpds[name].warning) for name in table.index])
+
+
+def plot_loo_pit(idata: xr.DataTree, var_name: str, loo_log_weights: np.ndarray) -> Figure:
+    """``arviz_plots.plot_loo_pit`` of ``var_name`` with the given leave-one-out log weights,
+    one row per datapoint ``(rows, draws)`` in ``(chain, draw)`` order, unnormalized and
+    unsmoothed. arviz_stats takes its log ratios as minus the ``log_likelihood`` variable, so
+    the plot is drawn from a copy whose ``log_likelihood`` group holds minus these weights,
+    repeated over the elements of each row (the recipe of ``arviz_stats.loo_pit``'s own docs
+    for a new test quantity); arviz_stats smooths them."""
+    predictive = idata["posterior_predictive"][var_name]
+    chains, draws = predictive.sizes["chain"], predictive.sizes["draw"]
+    rows = loo_log_weights.shape[0]
+    ratios = xr.DataArray(
+        loo_log_weights.T.reshape(chains, draws, rows), dims=["chain", "draw", predictive.dims[2]]
+    )
+    _, log_likelihood = xr.broadcast(predictive, -ratios)
+    view = idata.copy()
+    view["log_likelihood"] = xr.DataTree(xr.Dataset({var_name: log_likelihood}))
+    with _quiet():
+        return _figure(arviz_plots.plot_loo_pit(view, var_names=[var_name]))

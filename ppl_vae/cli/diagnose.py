@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from ..diagnostics import vi_diagnostics
 from ..errors import DataError, PairError
 from ..gap import inference_gap
 from ..inference_data import OBS_DIM, to_inference_data
+from ..predictive import elpd, has_local_latents, pointwise_table
+from ..predictive import summary as elpd_summary
 from ..runs import check_output, run_directory, versions, write_json
 from ..sbc import calibration
 from .common import command_line, load_run
@@ -21,6 +24,7 @@ from .common import command_line, load_run
 OUTPUTS = (
     "posterior.nc",
     "khat.csv",
+    "elpd.csv",
     "summary.csv",
     "diagnostics.json",
     "posterior.png",
@@ -38,7 +42,9 @@ def register(commands) -> None:
         description="Load a run written by 'ppl-vae train' and write OUT/posterior.nc (ArviZ "
         "InferenceData of the first --rows datapoints), OUT/khat.csv (Pareto k̂, PSIS "
         "log-likelihood and ESS of the importance weights for every datapoint of the split), "
-        "OUT/summary.csv (ArviZ's summary), OUT/diagnostics.json (the verdict and settings) and "
+        "OUT/elpd.csv (the ELPD of every datapoint, ppl_vae.elpd: held out on the test split, "
+        "PSIS-LOO of global latents on the train split), OUT/summary.csv (ArviZ's summary), "
+        "OUT/diagnostics.json (the verdict and settings) and "
         "the figures posterior.png, ppc.png and khat.png; with --sbc-simulations, "
         "simulation-based calibration of the guide (calibration.csv, ranks.csv, "
         "calibration.png), and with --gap-rows the amortization/approximation gap split "
@@ -109,26 +115,32 @@ def run(args: argparse.Namespace) -> int:
     model, guide = inputs.pair
     total = as_dataset(data).rows
     rows = list(range(min(args.rows, total)))
-    idata = to_inference_data(
-        model,
-        guide,
-        data,
-        num_samples=args.samples,
-        seed=seed,
-        obs=rows,
-        attrs={
-            "estimator": summary.get("estimator", "unknown"),
-            "steps": summary.get("steps", -1),
-            "run": str(args.run_dir),
-            "split": split,
-        },
-    )
+    with warnings.catch_warnings():  # what the export's log_likelihood is: in elpd.csv's
+        warnings.simplefilter("ignore", UserWarning)  # stead; k̂ is counted in the summary
+        idata = to_inference_data(
+            model,
+            guide,
+            data,
+            num_samples=args.samples,
+            seed=seed,
+            obs=rows,
+            attrs={
+                "estimator": summary.get("estimator", "unknown"),
+                "steps": summary.get("steps", -1),
+                "run": str(args.run_dir),
+                "split": split,
+            },
+        )
+        predictive = elpd(model, guide, data, args.khat_samples, held_out=split == "test",
+                          seed=seed)
     table = vi_diagnostics(model, guide, data, num_samples=args.khat_samples, seed=seed)
+    elpd_report = elpd_summary(predictive)
     sbc, sbc_report = _calibration(model, guide, data, args, seed)
     gap, gap_report = _gap(inputs.pair, data, args, seed)
     with run_directory(out, args.overwrite) as staging:
         arviz_compat.save(idata, staging / "posterior.nc")
         table.to_csv(staging / "khat.csv")
+        pointwise_table(predictive).to_csv(staging / "elpd.csv")
         arviz_compat.summary(idata).to_csv(staging / "summary.csv")
         _figures(idata, table["khat"].to_numpy(), staging)
         written = list(OUTPUTS)
@@ -156,16 +168,29 @@ def run(args: argparse.Namespace) -> int:
                 "global_sites": table.attrs["global_sites"],
                 "joint_khat": table.attrs.get("joint_khat"),
                 "khat_counts": {k: int(v) for k, v in table["verdict"].value_counts().items()},
+                "elpd": elpd_report,
                 "calibration": sbc_report,
                 "inference_gap": gap_report,
                 "versions": versions(),
             },
         )
     print(f"{inputs.description}, {split} split: {table.attrs['verdict']}")
+    print(f"  ELPD: {_elpd_line(elpd_report)}")
     print(f"  calibration: {sbc_report['summary']}")
     print(f"  gap split: {gap_report['summary']}")
     print(f"wrote {out}/: {' '.join(written)}")
     return 0
+
+
+def _elpd_line(report: dict) -> str:
+    """One line: the ELPD with its standard error, the IWAE beside it, and k̂."""
+    line = (
+        f"{report['elpd']:.1f} ± {report['se']:.1f} over {report['n_data_points']} datapoints "
+        f"(IWAE {report['iwae']:.1f}; {report['evaluated_on']}; S = {report['n_samples']})"
+    )
+    if report["khat_above"]:
+        line += f"; k̂ > {report['good_k']:.2f} at {report['khat_above']} datapoints"
+    return line
 
 
 def _calibration(model, guide, data, args, seed: int):
@@ -229,7 +254,7 @@ def _figures(idata, khat: np.ndarray, folder: Path) -> None:
     plt = _pyplot()
     latents = list(arviz_compat.variables(idata))
     row = idata["posterior"].attrs.get("row_dim", OBS_DIM)
-    local = any(row in arviz_compat.variables(idata)[name] for name in latents)
+    local = has_local_latents(idata)
     coords = {row: arviz_compat.coordinate(idata, "posterior", row)[:2].tolist()} if local else {}
     posterior = arviz_compat.plot_posterior(idata, latents, coords)
     _save(plt, posterior, folder / "posterior.png")
