@@ -58,7 +58,7 @@ from .kl import closed_form_kl, is_auxiliary
 from .traces import is_latent
 
 if TYPE_CHECKING:
-    from .particles import ParticleTerms
+    from .terms import ParticleTerms
 
 
 class STLTrace_ELBO(pyro.infer.Trace_ELBO):

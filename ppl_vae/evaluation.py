@@ -43,8 +43,9 @@ from .enumeration import guide_enumerated, model_enumerated
 from .errors import check_positive
 from .estimators import get
 from .kl import CLOSED_FORM, ENUMERATED, GUIDE_TERM, SAMPLED
-from .particles import ParticleTerms, dataset_terms
+from .particles import dataset_terms
 from .rng import seeded
+from .terms import ParticleTerms
 from .traces import PairTraces, is_factor, is_guide_factor, is_guide_sample, run_pair
 
 PER_ROW_LOCAL = "per datapoint (no global latents: the rows sum to the joint numbers)"

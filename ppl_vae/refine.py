@@ -25,7 +25,8 @@ from pyro.poutine.messenger import Messenger
 
 from .dataset import Batch
 from .errors import PairError
-from .particles import ParticleTerms, particle_terms
+from .particles import particle_terms
+from .terms import ParticleTerms
 from .traces import PairTraces, is_guide_sample, trace_pair
 
 # site: (loc, raw scale, event dims, full covariance); raw scale: log σ (Normal), or the

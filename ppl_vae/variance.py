@@ -54,8 +54,9 @@ from .dataset import Batch, as_dataset
 from .errors import EstimatorError, is_integer
 from .estimators import get
 from .kl import check_enumerates, check_reparameterized, kl_sites
-from .particles import ParticleTerms, particle_terms
+from .particles import particle_terms
 from .rng import seeded
+from .terms import ParticleTerms
 from .traces import (
     PairTraces,
     global_terms,

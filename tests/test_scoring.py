@@ -19,8 +19,8 @@ from pyro.infer.importance import vectorized_importance_weights
 
 import ppl_vae
 from ppl_vae import params, particles
-from ppl_vae.particles import _cat_dicts
 from ppl_vae.preflight import is_fixed
+from ppl_vae.terms import _cat_dicts
 from ppl_vae.traces import is_guide_sample
 
 K = 4000
