@@ -63,8 +63,9 @@ _KEYS = (
 def fingerprint(layout: PairTraces, data: Dataset, **settings) -> dict:
     """What a checkpoint must agree with to be resumed: pair, data and ``settings``.
 
-    The pair is identified by its parameters (names, shapes) and its sample sites (model and
-    guide, with their distribution types); the data by its shape and a SHA-256 of all its
+    The pair is identified by its parameters (names, shapes; not a baseline's running
+    average, which the run creates) and its sample sites (model and guide, with their
+    distribution types); the data by its shape and a SHA-256 of all its
     rows; ``settings`` (estimator, batch size, seed, ...) are compared as given.
     """
     store = pyro.get_param_store()
@@ -81,7 +82,8 @@ def fingerprint(layout: PairTraces, data: Dataset, **settings) -> dict:
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     shapes = {name: list(a.shape) for name, a in data.arrays}
     return {
-        "params": {name: list(p.shape) for name, p in store.named_parameters()},
+        "params": {name: list(p.shape) for name, p in store.named_parameters()
+                   if not name.startswith(param_io.BASELINE_AVERAGE)},
         "sites": sites,
         "data_shape": shapes["arg0"] if data.single is not None else shapes,
         "data_digest": digest.hexdigest(),

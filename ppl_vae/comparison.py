@@ -31,8 +31,9 @@ parameters, and these are measured (definitions in docs/estimators.md):
    are paired by seed, with a 95% Student-t interval over seeds.
 6. *Sites*: which latent sites got a closed-form KL under each estimator.
 
-Besides ``"sampled"`` and ``"analytic"``, the optional rows ``"stl"`` and ``"iwae"`` (K =
-``iwae_particles`` per training step and per measured draw) can be added to ``estimators``.
+Besides ``"sampled"`` and ``"analytic"``, any registered estimator can be added to
+``estimators``: ``"stl"``, ``"enum"``, ``"graph"`` and ``"graph_avg"``, and ``"iwae"`` and
+``"dreg"`` (K = ``iwae_particles`` per training step and per measured draw).
 
 Initial parameters. Seed ``s`` fixes them: Pyro's RNGs are seeded with ``s``, every module in
 ``modules`` is re-initialized with its layers' ``reset_parameters()``, and every parameter the

@@ -13,8 +13,8 @@ All estimate the evidence lower bound (Kingma & Welling 2014, eq. 3)
   gradient (Roeder, Wu & Duvenaud 2017): the score term ∇_φ log q(z|x) at fixed z, which has
   mean zero, is dropped, leaving the path derivative only; its gradient variance vanishes
   when q(z|x) = p(z|x). The value of the estimate is the sampled one.
-- ``"iwae"`` is :class:`IWAE_ELBO`, Pyro's :class:`~pyro.infer.RenyiELBO` at α = 0: the
-  importance-weighted bound of Burda, Grosse & Salakhutdinov (2016, eq. 8) with K =
+- ``"iwae"`` is :class:`~ppl_vae.iwae.IWAE_ELBO`, Pyro's :class:`~pyro.infer.RenyiELBO` at
+  α = 0: the importance-weighted bound of Burda, Grosse & Salakhutdinov (2016, eq. 8) with K =
   ``num_particles`` ≥ 2 samples per datapoint,
   :math:`\hat{\mathcal{L}}_K = \log \frac1K \sum_k p(x, z_k)/q(z_k|x) \ge` the ELBO, tighter as K
   grows. It has no separate KL term: the KL is inside the log-mean of the weights.
@@ -24,6 +24,16 @@ All estimate the evidence lower bound (Kingma & Welling 2014, eq. 3)
   taken exactly; the continuous sites are sampled as under ``"sampled"``
   (:mod:`ppl_vae.enumeration`). Exact in the discrete part, at the cost of one pass over each
   enumerated site's support (their product, for sites in the same row).
+- ``"graph"`` is :class:`pyro.infer.TraceGraph_ELBO`: the sampled value, and for guide sites
+  without ``rsample`` the score-function gradient Rao-Blackwellized by the dependency graph
+  (each site's learning signal only the cost terms downstream of it; Schulman et al. 2015) minus
+  the pair's baselines (``infer={"baseline": ...}``; Mnih & Gregor 2014); ``"graph_avg"``
+  (:class:`~ppl_vae.score_function.BaselineTraceGraph_ELBO`) adds a decaying-average baseline
+  where a site has none (:mod:`ppl_vae.score_function`).
+- ``"dreg"`` is :class:`~ppl_vae.iwae.DReG_ELBO`: the ``"iwae"`` bound's value, the IWAE
+  gradient for the model's parameters and the doubly reparameterized one for the guide's,
+  Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ (Tucker et al. 2019), whose signal-to-noise ratio does not fall
+  as K grows (:mod:`ppl_vae.iwae`).
 - ``"analytic"`` is :class:`AnalyticELBO`, :class:`pyro.infer.TraceMeanField_ELBO` with an
   honest rule for the closed form: the same reconstruction term, and for every latent site
   where ``torch.distributions.kl_divergence(q, p)`` is registered and q is a reparameterized
@@ -48,17 +58,17 @@ from typing import TYPE_CHECKING
 
 import pyro.infer
 import torch
-from pyro.distributions.score_parts import ScoreParts
-from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import torch_item
 from pyro.poutine.util import site_is_subsample
 
 from .errors import EstimatorError
+from .iwae import IWAE_ELBO, DReG_ELBO, check_disjoint, squared_weight_surrogate, stop_score_terms
 from .kl import closed_form_kl, is_auxiliary
-from .traces import is_latent
+from .score_function import BaselineTraceGraph_ELBO
 
 if TYPE_CHECKING:
     from .terms import ParticleTerms
+    from .traces import PairTraces
 
 
 class STLTrace_ELBO(pyro.infer.Trace_ELBO):
@@ -71,43 +81,8 @@ class STLTrace_ELBO(pyro.infer.Trace_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        for site in guide_trace.nodes.values():
-            if not is_latent(site) or not site["fn"].has_rsample:
-                continue
-            fixed = site["fn"].log_prob(site["value"].detach())
-            fixed = scale_and_mask(fixed, site["scale"], site["mask"])
-            log_prob, score_function, _ = site["score_parts"]
-            site["score_parts"] = ScoreParts(
-                log_prob=log_prob,
-                score_function=score_function,
-                entropy_term=log_prob - fixed + fixed.detach(),
-            )
+        stop_score_terms(guide_trace)
         return model_trace, guide_trace
-
-
-class IWAE_ELBO(pyro.infer.RenyiELBO):
-    """The importance-weighted bound (Burda et al. 2016): ``RenyiELBO(alpha=0)``.
-
-    Per datapoint (sites inside the data plate), L_K(x) = log (1/K) Σ_k p(x, z_k)/q(z_k|x)
-    with K = ``num_particles`` reparameterized draws; its gradient is the IWAE gradient, each
-    particle's weighted by its normalized importance weight. Latents outside every plate make
-    the minibatch one joint importance weight, as Pyro computes it. Guide sites without
-    ``rsample`` are refused: Pyro's surrogate term for them, α/(1 − α) · log q, vanishes at
-    α = 0, so their parameters would get no gradient at all.
-    """
-
-    def __init__(
-        self,
-        num_particles: int = 2,
-        max_plate_nesting: float = float("inf"),
-        vectorize_particles: bool = False,
-    ):
-        super().__init__(
-            alpha=0,
-            num_particles=num_particles,
-            max_plate_nesting=max_plate_nesting,
-            vectorize_particles=vectorize_particles,
-        )
 
 
 class AnalyticELBO(pyro.infer.TraceMeanField_ELBO):
@@ -157,6 +132,13 @@ class Estimator:
         path_derivative: its gradient drops the score term ∇_φ log q(z|x) at fixed z.
         enumerates: sums the sites marked for enumeration (model: marginalized; guide:
             expectation by exact sum) instead of sampling them.
+        rao_blackwellized: the score-function term of a site without ``rsample`` takes only
+            the cost terms downstream of it, minus the pair's baselines (``TraceGraph_ELBO``).
+        average_baseline: β of a decaying-average baseline given to every such site without a
+            baseline of its own (its ELBO class takes ``baseline_beta``), or None.
+        doubly_reparameterized: the guide's parameters get the gradient of the path-stopped
+            log weights weighted by the squared normalized weights (DReG), the model's the
+            importance-weighted one; model and guide must not share a parameter.
     """
 
     name: str
@@ -168,6 +150,9 @@ class Estimator:
     importance_weighted: bool = False
     path_derivative: bool = False
     enumerates: bool = False
+    rao_blackwellized: bool = False
+    average_baseline: float | None = None
+    doubly_reparameterized: bool = False
 
     def make(
         self, num_particles: int = 1, max_plate_nesting: int = 0, jit: bool = False
@@ -191,12 +176,21 @@ class Estimator:
                 "compiled mean-field ELBO measured several times slower than the eager one; "
                 "see docs/performance.md); drop jit=True"
             )
+        options = {"ignore_jit_warnings": True} if jit else {}
+        if self.average_baseline is not None:
+            options["baseline_beta"] = self.average_baseline
         return (self.jit if jit else self.elbo)(
             num_particles=num_particles,
             vectorize_particles=True,
             max_plate_nesting=max_plate_nesting,
-            **({"ignore_jit_warnings": True} if jit else {}),
+            **options,
         )
+
+    def check_pair(self, layout: PairTraces) -> None:
+        """Refuse, before any step, a pair this estimator cannot differentiate: for a doubly
+        reparameterized one, a parameter both model and guide read."""
+        if self.doubly_reparameterized:
+            check_disjoint(layout)
 
     def particles_per_draw(self, iwae_particles: int) -> int:
         """Particles of one draw (and of one training step in a comparison): K or 1."""
@@ -207,28 +201,48 @@ class Estimator:
         terms: ParticleTerms,
         fixed_log_q: Mapping[str, torch.Tensor] | None = None,
         group: int = 1,
+        score_terms: torch.Tensor | None = None,
+        for_guide: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per draw and datapoint: (ELBO, KL term) as this estimator computes them, (R, N).
 
         ``terms`` holds R·``group`` particles, draw r owning particles r·group … r·group +
         group − 1. An importance-weighted estimator averages a draw's weights inside the log
-        (its KL term is NaN); the others score the draw's first particle only, and sites
-        sampled without ``rsample`` add Pyro's score-function surrogate (same value). With
+        (its KL term is NaN); the others score the draw's first particle only. With
         ``fixed_log_q`` (log q(z̄|x), z̄ = stop_grad(z), per site) a path-derivative
-        estimator's KL term is log q(z|x) − log q(z̄|x) + stop_grad(log q(z̄|x)) − log p(z):
-        the sampled value, without the score term's gradient.
+        estimator's KL term of a reparameterized site is log q(z|x) − log q(z̄|x) +
+        stop_grad(log q(z̄|x)) − log p(z): the sampled value, without the score term's gradient.
+
+        Sites sampled without ``rsample`` add ``score_terms`` (per particle and row, zero in
+        value: this estimator's score-function surrogate,
+        :meth:`~ppl_vae.score_function.ScoreFunctionDraws.surrogate`); without them, Pyro's
+        per-row rule ∇log q(y) · ELBO_n (an enumerating estimator's sampled sites).
+        ``for_guide``: a doubly reparameterized estimator's surrogate for the guide's
+        parameters, Σ_k sg(w̃_k²) log w̄_k with the path-stopped log weights (value: the bound).
         """
         n = terms.log_likelihood.shape[1]
+        stopped = self.path_derivative and fixed_log_q is not None
         if self.importance_weighted:
-            log_w = terms.log_weights().reshape(-1, group, n)
+            log_w = terms.log_weights()
+            dreg = for_guide and self.doubly_reparameterized and stopped
+            if dreg:
+                log_w = log_w + sum((fixed_log_q[s] - fixed_log_q[s].detach() for s in terms.log_q),
+                                    torch.zeros_like(log_w))
+            log_w = log_w.reshape(-1, group, n)
             bound = torch.logsumexp(log_w, dim=1) - math.log(group)
+            if dreg:
+                surrogate = squared_weight_surrogate(log_w, dim=1)
+                bound = bound.detach() + surrogate - surrogate.detach()
             return bound, torch.full_like(bound, math.nan)
         kls = {site: terms.kl(site, self.closed_form_kl) for site in terms.log_q}
-        if self.path_derivative and fixed_log_q is not None:
-            kls = {s: kl - fixed_log_q[s] + fixed_log_q[s].detach() for s, kl in kls.items()}
+        if stopped:
+            kls = {s: kl if s in terms.score_function
+                   else kl - fixed_log_q[s] + fixed_log_q[s].detach() for s, kl in kls.items()}
         kl = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
         elbo = terms.log_likelihood - kl
-        if terms.score_function:
+        if score_terms is not None:
+            elbo = elbo + score_terms
+        elif terms.score_function:
             # Pyro's surrogate for sites without rsample (Williams 1992; Ranganath et al. 2014):
             # the same value; gradient ∇(ELBO at fixed log q(y)) + ∇log q(y) · ELBO_n per row
             log_q = sum(terms.log_q[s] for s in terms.score_function)
@@ -264,6 +278,21 @@ for _record in (
     Estimator(  # RenyiELBO's surrogate for a site without rsample is α/(1−α)·log q: 0 at α=0
         "iwae", IWAE_ELBO, "IWAE bound with K particles (Burda et al. 2016)",
         importance_weighted=True, requires_reparameterized=True,
+    ),
+    Estimator(
+        "graph", pyro.infer.TraceGraph_ELBO,
+        "TraceGraph_ELBO: score-function terms Rao-Blackwellized, the pair's baselines",
+        rao_blackwellized=True,
+    ),
+    Estimator(
+        "graph_avg", BaselineTraceGraph_ELBO,
+        "graph with a decaying-average baseline where a site has none (Mnih & Gregor 2014)",
+        rao_blackwellized=True, average_baseline=0.9,
+    ),
+    Estimator(
+        "dreg", DReG_ELBO, "IWAE bound, doubly reparameterized encoder gradient (Tucker 2019)",
+        importance_weighted=True, requires_reparameterized=True, path_derivative=True,
+        doubly_reparameterized=True,
     ),
     Estimator(
         "enum", pyro.infer.TraceEnum_ELBO,

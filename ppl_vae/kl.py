@@ -73,6 +73,8 @@ def closed_form_kl(guide_site: dict, model_site: dict) -> torch.Tensor | None:
 
 
 SCORE_FUNCTION = "sampled (score function)"
+RAO_BLACKWELLIZED = "sampled (score function, Rao-Blackwellized)"
+WITH_BASELINE = "sampled (score function, Rao-Blackwellized, baseline)"
 AUXILIARY = "sampled (auxiliary)"
 ENUMERATED = "enumerated (exact)"
 GUIDE_TERM = "log q term (guide factor or observed)"
@@ -89,9 +91,11 @@ def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
     ``closed_form_available`` and ``kl``: ``"enumerated (exact)"`` (summed over the support:
     ``estimator.enumerates``), ``"closed-form"``, ``"sampled"`` (log q − log p, pathwise
     gradient), ``"sampled (score function)"`` (q not reparameterized: Pyro adds the
-    score-function term), ``"sampled (auxiliary)"`` (a guide-only site: its log q enters) or
-    ``"log q term (guide factor or observed)"`` (a ``pyro.factor`` or observed site of the
-    guide: ``Trace_ELBO`` subtracts its log-density, so it enters log q with no prior).
+    score-function term; under a Rao-Blackwellized estimator ``"sampled (score function,
+    Rao-Blackwellized)"``, with ``", baseline)"`` where the site has one or the estimator adds
+    one), ``"sampled (auxiliary)"`` (a guide-only site: its log q enters) or ``"log q term
+    (guide factor or observed)"`` (a ``pyro.factor`` or observed site of the guide:
+    ``Trace_ELBO`` subtracts its log-density, so it enters log q with no prior).
     """
     rows = []
     for name, guide_site in traces.guide.nodes.items():
@@ -113,7 +117,7 @@ def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
         elif available and estimator.closed_form_kl:
             how = CLOSED_FORM
         elif not getattr(guide_site["fn"], "has_rsample", False):
-            how = SCORE_FUNCTION
+            how = score_function_label(guide_site, estimator)
         else:
             how = SAMPLED
         rows.append((name, dist_name(guide_site["fn"]),
@@ -126,6 +130,14 @@ def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
         rows.append((name, None, dist_name(site["fn"]), scope, "model", False, ENUMERATED))
     columns = ["site", "q", "p", "scope", "enumerated", "closed_form_available", "kl"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def score_function_label(guide_site: dict, estimator: Estimator) -> str:
+    """How ``estimator`` takes the gradient of a guide site without ``rsample``."""
+    if not estimator.rao_blackwellized:
+        return SCORE_FUNCTION
+    own = bool(guide_site["infer"].get("baseline"))
+    return WITH_BASELINE if own or estimator.average_baseline is not None else RAO_BLACKWELLIZED
 
 
 def check_enumerates(sites: pd.DataFrame, estimator: Estimator) -> None:

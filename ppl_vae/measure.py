@@ -73,10 +73,12 @@ def measure_runs(
             warnings.simplefilter("ignore", KLFallbackWarning)
             with torch.no_grad():  # every estimator fits the pair, before any training
                 check_estimators(run_pair(model, guide, probe.to(device)), settings.estimators)
-            for seed in settings.seeds:
+            pair = set(pyro.get_param_store().keys())
+            for seed in settings.seeds:  # what a run created (a baseline's average) is dropped
+                param_io.forget(set(pyro.get_param_store().keys()) - pair)
                 initial = _initial_parameters(model, guide, probe, created, modules, seed, device)
                 for estimator in settings.estimators:
-                    param_io.restore(initial)
+                    param_io.reset(initial)
                     bar.set_description(f"compare[{estimator}, seed {seed}]")
                     run = _Run(model, guide, estimator, int(seed), settings, probe)
                     run.train(dataset, held_out, bar)

@@ -30,6 +30,9 @@ from .errors import CheckpointError, PplVaeError, first_line
 from .files import atomic_write
 
 FORMAT = "ppl_vae.params/1"
+# Pyro's TraceGraph_ELBO keeps a decaying-average baseline's running average in the store under
+# this prefix and the site's name: state of a run, updated by the ELBO, not a parameter of the pair
+BASELINE_AVERAGE = "__baseline_avg_downstream_cost_"
 
 
 def snapshot() -> dict[str, torch.Tensor]:
@@ -41,6 +44,12 @@ def unconstrained(names: list[str]) -> list[torch.Tensor]:
     """The store's live unconstrained tensors of ``names`` (what gradients are taken of)."""
     live = dict(pyro.get_param_store().named_parameters())
     return [live[name] for name in names]
+
+
+def value(name: str) -> torch.Tensor | None:
+    """The store's (constrained) value of ``name``, or None where it has none."""
+    store = pyro.get_param_store()
+    return store[name] if name in store else None
 
 
 def to_device(device: torch.device) -> None:
@@ -98,6 +107,13 @@ def forget(names) -> None:
             others = [n for n, v in store._params.items() if v is value]
             if others:
                 store._param_to_name[value] = others[0]
+
+
+def reset(values: dict[str, torch.Tensor]) -> None:
+    """Make the store hold exactly ``values`` (a :func:`snapshot`): those restored in place,
+    every other parameter forgotten (e.g. a baseline's running average a run created)."""
+    forget(set(pyro.get_param_store().keys()) - set(values))
+    restore(values)
 
 
 def restore(values: dict[str, torch.Tensor], constraint_specs: dict | None = None) -> None:

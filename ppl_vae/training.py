@@ -124,8 +124,10 @@ def fit(
             ``model(x)``; a tuple of per-row arrays, passed positionally (``model(x, y)``); or a
             dict of them, passed by keyword. All are minibatched with one index; a floating
             dtype is kept (see docs/pairs.md).
-        estimator: ``"sampled"`` (``Trace_ELBO``: KL by Monte Carlo, log q − log p) or
-            ``"analytic"`` (``TraceMeanField_ELBO``: closed-form KL where registered).
+        estimator: ``"sampled"`` (``Trace_ELBO``: KL by Monte Carlo, log q − log p),
+            ``"analytic"`` (``TraceMeanField_ELBO``: closed-form KL where registered), or any
+            other name in :data:`~ppl_vae.ESTIMATORS` (``stl``, ``iwae``, ``dreg``, ``enum``,
+            ``graph``, ``graph_avg``; docs/estimators.md).
         num_steps, batch_size, lr: SVI steps, rows per minibatch (default 128, or all rows
             when there are fewer), Adam's learning rate. With global latents (guide sites
             outside the data plate) the data-plate sites are scaled by N/B, so each step's
@@ -294,6 +296,7 @@ def _prepare(model, guide, dataset, record, batch_size, device, group, seed, str
     check_enumerates(sites, record)
     check_warmup(sites, kl_warmup)
     check_reparameterized(sites, record)
+    record.check_pair(layout)
     check_fallback(sites, record, strict)
     check_autoguide(guide, layout, batch_size, dataset.rows)
     model = check_batch_supports(model, layout)

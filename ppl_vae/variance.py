@@ -15,6 +15,14 @@ under every estimator *with the same draw* (a paired comparison):
   particles, :math:`\hat{\mathcal L}^{(r)}_K = \frac1N\sum_n \log \frac1K \sum_k
   p(x_n, z^{(r,k)}_n) / q(z^{(r,k)}_n|x_n)`; its first particle is the one the single-particle
   estimators score, so the comparison stays paired. It has no KL term (reported as NaN).
+- ``"dreg"`` (Tucker et al. 2019): the ``"iwae"`` value; the gradient of the guide's
+  parameters comes from a second loss per draw, the path-stopped log weights weighted by the
+  squared normalized weights (:mod:`ppl_vae.iwae`).
+- ``"graph"``, ``"graph_avg"`` (``TraceGraph_ELBO``): the sampled value. Guide sites without
+  ``rsample`` get, under every estimator that does not enumerate, the score-function
+  surrogate Pyro's ELBO would build (Trace_ELBO's learning signal, or the downstream costs and
+  baselines of the dependency graph), from one more run of the pair on the same draws
+  (:mod:`ppl_vae.score_function`).
 
 :func:`estimate_draws` returns the per-draw ELBO and KL term (per datapoint). Their standard
 deviation over draws is the estimator's noise at these parameters.
@@ -56,6 +64,7 @@ from .estimators import get
 from .kl import check_enumerates, check_reparameterized, kl_sites
 from .particles import particle_terms
 from .rng import seeded
+from .score_function import ScoreFunctionDraws
 from .terms import ParticleTerms
 from .traces import (
     PairTraces,
@@ -220,10 +229,12 @@ def gradient_draws(
         params = param_io.unconstrained(names)
         if chunk is None:
             chunk = default_chunk(sum(p.numel() for p in params))
+        guide_params = set(param_groups(layout).get(ENCODER, ()))
         per_estimator: dict[str, list[list[torch.Tensor]]] = {e: [] for e in estimators}
         for start in range(0, num_draws, chunk):
             m = min(chunk, num_draws - start)
-            losses = torch.cat(_losses(model, guide, x, m * group, layout, estimators, group))
+            rows = _losses(model, guide, x, m * group, layout, estimators, group)
+            losses = torch.cat([loss for *_, loss in rows])
             grads = torch.autograd.grad(
                 losses,
                 params,
@@ -232,8 +243,14 @@ def gradient_draws(
                 allow_unused=True,
                 materialize_grads=True,
             )
-            for i, estimator in enumerate(estimators):
-                per_estimator[estimator].append([g[i * m : (i + 1) * m].detach() for g in grads])
+            parts = {key[:2]: [g[i * m : (i + 1) * m].detach() for g in grads]
+                     for i, key in enumerate(rows)}
+            for estimator in estimators:
+                own, for_guide = parts[estimator, False], parts.get((estimator, True))
+                per_estimator[estimator].append([
+                    for_guide[j] if for_guide is not None and name in guide_params else own[j]
+                    for j, name in enumerate(names)
+                ])
     return {
         e: {n: torch.cat([c[j] for c in chunks]) for j, n in enumerate(names)}
         for e, chunks in per_estimator.items()
@@ -295,19 +312,30 @@ def gradient_variance(
 
 
 def _losses(model, guide, x: Batch, num_particles: int, layout: PairTraces,
-            estimators: Sequence[str], group: int) -> list[torch.Tensor]:
-    """Per estimator, the minibatch loss of each draw (differentiable): estimators that sum the
-    enumerated sites share one set of particles, the others another."""
+            estimators: Sequence[str], group: int) -> list[tuple[str, bool, torch.Tensor]]:
+    """``(estimator, for_guide, losses)``: per estimator the minibatch loss of each draw
+    (differentiable), and for a doubly reparameterized one a second loss whose gradient is its
+    guide parameters'. Estimators that sum the enumerated sites share one set of particles, the
+    others another; sites without ``rsample`` get each estimator's score-function surrogate
+    from one more run of the pair on those draws (:mod:`ppl_vae.score_function`)."""
     records = [get(e) for e in estimators]
-    losses = {}
+    rows = []
     for sums in dict.fromkeys(r.enumerates for r in records):
+        mine = [r for r in records if r.enumerates == sums]
         terms = particle_terms(model, guide, x, num_particles, layout, sums).spread()
-        path = any(r.path_derivative for r in records if r.enumerates == sums)
+        path = any(r.path_derivative for r in mine)
         fixed = fixed_log_q(guide, x, terms, layout) if path else None
-        for r in records:
-            if r.enumerates == sums:
-                losses[r.name] = -r.score(terms, fixed, group)[0].sum(1)
-    return [losses[r.name] for r in records]
+        draws = None
+        if terms.score_function and not sums:
+            graph = any(r.rao_blackwellized for r in mine)
+            draws = ScoreFunctionDraws(model, guide, x, terms, layout, provenance=graph)
+        for r in mine:
+            extra = None if draws is None else draws.surrogate(r.rao_blackwellized,
+                                                               r.average_baseline)
+            rows.append((r.name, False, -r.score(terms, fixed, group, extra)[0].sum(1)))
+            if r.doubly_reparameterized:
+                rows.append((r.name, True, -r.score(terms, fixed, group, for_guide=True)[0].sum(1)))
+    return rows
 
 
 def check_estimators(layout: PairTraces, estimators: Sequence[str]) -> None:
@@ -318,3 +346,4 @@ def check_estimators(layout: PairTraces, estimators: Sequence[str]) -> None:
         sites = kl_sites(layout, record)
         check_enumerates(sites, record)
         check_reparameterized(sites, record)
+        record.check_pair(layout)
