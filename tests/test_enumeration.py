@@ -197,7 +197,7 @@ def test_amortized_gmm_trains_under_enum_as_pyro_does():
     assert not caught  # Pyro's "use TraceEnum_ELBO" hint is what the sites table says
 
 
-@pytest.mark.parametrize("estimator", ["analytic", "iwae"])
+@pytest.mark.parametrize("estimator", ["analytic", "iwae", "dreg"])
 def test_estimators_without_a_score_function_refuse_a_discrete_guide_site(estimator):
     """Before any step: analytic has no closed form for it, and Pyro's IWAE (RenyiELBO at
     alpha = 0) would give its encoder no gradient at all (its surrogate is α/(1−α)·log q)."""
