@@ -214,9 +214,11 @@ def _variance_findings(comparison: Comparison) -> list[str]:
     found = []
     k = comparison.settings.get("iwae_particles")
     for other in others:
-        per_draw = (
-            f" (a draw of {other} is K = {k} particles, of {reference} one)"
-            if get(other).importance_weighted
+        weighted = [e for e in (other, reference) if get(e).importance_weighted]
+        per_draw = (  # said where one draw is K particles and the other's one
+            f" (a draw of {weighted[0]} is K = {k} particles, of "
+            f"{reference if weighted[0] == other else other} one)"
+            if len(weighted) == 1
             else ""
         )
         g = _at_same_params(comparison.gradients, other)

@@ -177,7 +177,10 @@ def test_cli_compares_iwae_dreg_and_stl(tmp_path, capsys):
     assert (by["dreg"] == by["iwae"]).all()  # the same bound on the same draws
     g = loaded.gradients.set_index(["run", "step", "param_group", "estimator"])["variance"]
     assert g["dreg", 0, "decoder", "dreg"] == pytest.approx(g["dreg", 0, "decoder", "iwae"])
-    assert "Encoder gradient variance, iwae ÷ dreg" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Encoder gradient variance, iwae ÷ dreg, at the same parameters" in report
+    assert "a draw of dreg is K = 3 particles, of iwae one" not in report  # both are K
+    assert "a draw of iwae is K = 3 particles, of stl one" in report
 
 
 @pytest.mark.parametrize("estimator", ["dreg", "graph"])
