@@ -238,7 +238,7 @@ def test_comparison_runs_do_not_share_a_baseline_average():
     assert sites["graph_avg", "h2"].endswith("baseline)")
 
 
-def test_cli_trains_the_zoo_m2_with_graph_avg_and_refuses_dreg(tmp_path, capsys):
+def test_cli_trains_the_zoo_m2_and_sbn_with_graph_and_refuses_dreg(tmp_path, capsys):
     digits = ppl_vae.load_data("digits", binarize=True).numpy()
     np.save(tmp_path / "train.npy", digits[:128])
     data = ["--model", "models/m2_vae.py", "--data", str(tmp_path / "train.npy"), "--steps",
@@ -251,3 +251,7 @@ def test_cli_trains_the_zoo_m2_with_graph_avg_and_refuses_dreg(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "y (q=Categorical) are not reparameterized" in err
     assert not (tmp_path / "bad").exists()
+    sbn = ["--model", "models/sbn_vae.py", *data[2:]]
+    assert main(["train", *sbn, "--estimator", "graph", "--out", str(tmp_path / "sbn")]) == 0
+    kinds = pd.read_csv(tmp_path / "sbn" / "sites.csv").set_index("site")["kl"]
+    assert set(kinds) == {"sampled (score function, Rao-Blackwellized)"}
