@@ -226,7 +226,7 @@ class Estimator:
             log_w = terms.log_weights()
             dreg = for_guide and self.doubly_reparameterized and stopped
             if dreg:
-                log_w = log_w + sum((fixed_log_q[s] - fixed_log_q[s].detach() for s in terms.log_q),
+                log_w = log_w + sum((v - v.detach() for v in fixed_log_q.values()),
                                     torch.zeros_like(log_w))
             log_w = log_w.reshape(-1, group, n)
             bound = torch.logsumexp(log_w, dim=1) - math.log(group)
@@ -236,8 +236,9 @@ class Estimator:
             return bound, torch.full_like(bound, math.nan)
         kls = {site: terms.kl(site, self.closed_form_kl) for site in terms.log_q}
         if stopped:
-            kls = {s: kl if s in terms.score_function
-                   else kl - fixed_log_q[s] + fixed_log_q[s].detach() for s, kl in kls.items()}
+            kls = {s: kl - fixed_log_q[s] + fixed_log_q[s].detach()
+                   if s in fixed_log_q and s not in terms.score_function else kl
+                   for s, kl in kls.items()}
         kl = sum(kls.values(), torch.zeros_like(terms.log_likelihood))
         elbo = terms.log_likelihood - kl
         if score_terms is not None:

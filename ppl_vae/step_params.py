@@ -9,7 +9,9 @@ TraceMeanField_ELBO, RenyiELBO and ppl_vae's, not the JIT ones) the parameters c
 from there. :class:`StepParams` checks that on the first step of a run, with both, and keeps
 the capturing trace for good where the two differ (a custom ELBO that traces otherwise) and
 for JIT ELBOs (which run ``_get_traces`` only while compiling), so the set, and so every
-number, is ``SVI.step``'s either way.
+number, is ``SVI.step``'s either way. A decaying-average baseline's running average, which
+``TraceGraph_ELBO`` reads with ``pyro.param`` outside the traces and replaces on every step,
+has no gradient and is left out of both sets: no step moves it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from pyro import poutine
 
 from .dataset import Batch
+from .params import BASELINE_AVERAGE
 
 
 class StepParams:
@@ -49,7 +52,8 @@ class StepParams:
             return loss, _unique(seen)
         with poutine.trace(param_only=True) as capture, _recording(elbo) as seen:
             loss = elbo.loss_and_grads(model, guide, *x.args, **x.kwargs)
-        captured = _unique({n: site["value"] for n, site in capture.trace.nodes.items()})
+        captured = _unique({n: site["value"] for n, site in capture.trace.nodes.items()
+                            if not n.startswith(BASELINE_AVERAGE)})
         if self.trusted is None:  # the first step
             found = _unique(seen)
             self.trusted = len(found) == len(captured) and all(
