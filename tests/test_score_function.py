@@ -28,9 +28,11 @@ from torch import nn
 
 import ppl_vae
 from ppl_vae.cli import main
+from ppl_vae.dataset import as_dataset
 from ppl_vae.errors import EstimatorError
 from ppl_vae.estimators import get
 from ppl_vae.score_function import BaselineTraceGraph_ELBO
+from ppl_vae.step_params import StepParams
 from ppl_vae.variance import gradient_draws
 
 GROUPS = {"h1": ["enc1$$$weight", "enc1$$$bias"], "h2": ["enc2$$$weight", "enc2$$$bias"]}
@@ -216,6 +218,22 @@ def test_graph_avg_resumes_bit_for_bit_with_its_average(tmp_path):
     assert all(torch.equal(resumed.params[k], whole.params[k]) for k in whole.params)
     with pytest.raises(EstimatorError, match=r"baseline of site 'h1' has shape \(3,\).*size it"):
         gradient_draws(model, guide, x, ["graph_avg"], 2)  # 6 rows against an average of 3
+
+
+def test_a_graph_avg_step_reads_its_parameters_from_the_traces():
+    """The running average TraceGraph_ELBO reads with pyro.param outside the traces has no
+    gradient and is no parameter of the step: after the checked first step the traces alone
+    give the step's parameters, every one with a gradient, and the average is kept."""
+    model, guide, _, x = belief_net()
+    elbo = get("graph_avg").make(max_plate_nesting=1)
+    finder, batch = StepParams(), as_dataset(x).head(6)
+    for _ in range(2):
+        _, params = finder.loss_and_grads(elbo, model, guide, batch)
+        assert finder.trusted is True
+        assert len(params) == 8 and all(p.grad is not None for p in params)
+        for p in params:
+            p.grad = None
+    assert "__baseline_avg_downstream_cost_h2" in pyro.get_param_store().keys()
 
 
 def test_comparison_runs_do_not_share_a_baseline_average():

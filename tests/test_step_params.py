@@ -20,11 +20,12 @@ def captured(elbo, model, guide, x) -> list:
     return [nodes[n]["value"].unconstrained() for n in sorted(nodes)]
 
 
-@pytest.mark.parametrize("estimator", ["sampled", "analytic", "stl", "iwae"])
+@pytest.mark.parametrize("estimator", ["sampled", "analytic", "stl", "iwae", "dreg", "graph"])
 def test_traces_hold_the_captured_parameters(binary_digits, estimator):
     pyro.clear_param_store()
     model, guide = ppl_vae.load_pair("models/bernoulli_vae.py", hidden=16)
-    elbo = ppl_vae.ESTIMATORS[estimator].make(2 if estimator == "iwae" else 1, 1)
+    record = ppl_vae.ESTIMATORS[estimator]
+    elbo = record.make(record.particles_per_draw(2), 1)
     x = as_dataset(binary_digits[0]).head(32)
     reference = captured(elbo, model, guide, x.args[0])
     finder = StepParams()
