@@ -22,8 +22,8 @@ import torch
 from pyro import poutine
 
 import ppl_vae
-from ppl_vae.traces import is_latent, is_observed
-from ppl_vae.variance import gradient_draws
+from ppl_vae.evaluation.variance import gradient_draws
+from ppl_vae.pair.traces import is_latent, is_observed
 
 from .steps import CONFIGS, data_for, fresh_pair
 

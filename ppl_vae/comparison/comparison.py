@@ -54,16 +54,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import params as param_io
+from ..estimators.estimators import get
+from ..pair.dataset import as_dataset
+from ..training.training import DEFAULT_BATCH_SIZE
+from ..utils import params as param_io
+from ..utils.errors import OutputError, PplVaeError, check_integers, check_seed
+from ..utils.files import atomic_write_text
+from ..utils.runs import read_json, run_directory, versions, write_json
 from . import report
-from .dataset import as_dataset
-from .errors import OutputError, PplVaeError, check_integers, check_seed
-from .estimators import get
-from .files import atomic_write_text
 from .measure import measure_runs
-from .runs import read_json, run_directory, versions, write_json
 from .tables import assemble
-from .training import DEFAULT_BATCH_SIZE
 
 FORMAT = "ppl_vae.comparison/1"
 

@@ -21,17 +21,17 @@ import pyro.util
 import torch
 from tqdm.auto import tqdm
 
-from . import params as param_io
-from .dataset import Batch, Dataset
-from .errors import PairError
-from .estimators import get
-from .evaluation import evaluate, log_likelihood
-from .gap import inference_gap
-from .kl import KLFallbackWarning
-from .rng import derived_seed
-from .traces import run_pair
-from .training import fit
-from .variance import check_estimators, estimate_draws, gradient_variance
+from ..estimators.estimators import get
+from ..estimators.kl import KLFallbackWarning
+from ..evaluation.evaluation import evaluate, log_likelihood
+from ..evaluation.gap import inference_gap
+from ..evaluation.variance import check_estimators, estimate_draws, gradient_variance
+from ..pair.dataset import Batch, Dataset
+from ..pair.traces import run_pair
+from ..training.training import fit
+from ..utils import params as param_io
+from ..utils.errors import PairError
+from ..utils.rng import derived_seed
 
 
 @dataclass

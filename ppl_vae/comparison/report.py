@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .estimators import get
+from ..estimators.estimators import get
+from ..estimators.kl import AUXILIARY, CLOSED_FORM
+from ..utils.files import atomic_write, atomic_write_text
 from .figures import FIGURE_MAKERS, FIGURES
-from .files import atomic_write, atomic_write_text
-from .kl import AUXILIARY, CLOSED_FORM
 
 if TYPE_CHECKING:
     from .comparison import Comparison

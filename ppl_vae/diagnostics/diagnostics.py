@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import arviz_compat
-from .errors import check_positive
-from .evaluation import log_weights
+from .. import arviz_compat
+from ..evaluation.evaluation import log_weights
+from ..utils.errors import check_positive
 
 GOOD, USABLE = 0.5, 0.7
 CONSTANT_SPREAD = 1e-3  # max − min of the log weights below which they count as equal

@@ -33,16 +33,11 @@ import pyro
 import torch
 from pyro import poutine
 
-from . import arviz_compat
-from . import params as param_io
-from .dataset import Batch, select_rows
-from .enumeration import model_enumerated
-from .errors import PplVaeError, check_positive
-from .params import restore, snapshot
-from .particles import ParticleSampler
-from .rng import seeded
-from .runs import versions
-from .traces import (
+from .. import arviz_compat
+from ..estimators.enumeration import model_enumerated
+from ..estimators.particles import ParticleSampler
+from ..pair.dataset import Batch, select_rows
+from ..pair.traces import (
     PAIR_FAILURES,
     PairTraces,
     is_deterministic,
@@ -51,7 +46,12 @@ from .traces import (
     run_pair,
     with_particles,
 )
-from .training import FitResult
+from ..training.training import FitResult
+from ..utils import params as param_io
+from ..utils.errors import PplVaeError, check_positive
+from ..utils.params import restore, snapshot
+from ..utils.rng import seeded
+from ..utils.runs import versions
 
 OBS_DIM = "obs"
 

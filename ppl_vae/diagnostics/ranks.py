@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import arviz_compat
+from .. import arviz_compat
 
 CALIBRATED = "calibrated"
 TOO_NARROW = "too narrow"

@@ -21,12 +21,13 @@ import torch
 from pyro import poutine
 from pyro.infer import MCMC, NUTS
 
-from . import arviz_compat, params
-from .dataset import Batch, select_rows
-from .errors import DataError, PairError, check_positive
+from .. import arviz_compat
+from ..pair.dataset import Batch, select_rows
+from ..pair.traces import PairTraces, data_plate, is_latent, is_observed
+from ..utils import params
+from ..utils.errors import DataError, PairError, check_positive
+from ..utils.rng import seeded
 from .inference_data import row_dim, site_dims
-from .rng import seeded
-from .traces import PairTraces, data_plate, is_latent, is_observed
 
 NAMED_GROUPS = ("posterior", "observed_data")  # sample_stats/diverging is (chain, draw)
 

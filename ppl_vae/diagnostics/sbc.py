@@ -34,14 +34,14 @@ import pyro.util
 import torch
 from pyro import poutine
 
-from . import params as param_io
+from ..pair.dataset import Batch, Dataset, as_dataset
+from ..pair.traces import PAIR_FAILURES, PairTraces, run_pair, with_particles
+from ..training.training import fit
+from ..utils import params as param_io
+from ..utils.errors import PairError, PplVaeError, check_positive, check_seed
+from ..utils.rng import derived_seed, seeded
 from . import ranks as rank_tests
-from .dataset import Batch, Dataset, as_dataset
-from .errors import PairError, PplVaeError, check_positive, check_seed
-from .rng import derived_seed, seeded
 from .simulation import Simulated, coordinate_names, rows_first, simulate
-from .traces import PAIR_FAILURES, PairTraces, run_pair, with_particles
-from .training import fit
 
 MAX_REFITS = 100  # simulations with a refit of q(θ) each, at most
 

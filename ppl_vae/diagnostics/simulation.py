@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from pyro import poutine
 
-from .dataset import Batch
-from .errors import PairError, first_line
-from .traces import PAIR_FAILURES, PairTraces, is_latent, is_observed
+from ..pair.dataset import Batch
+from ..pair.traces import PAIR_FAILURES, PairTraces, is_latent, is_observed
+from ..utils.errors import PairError, first_line
 
 
 @dataclass(frozen=True)

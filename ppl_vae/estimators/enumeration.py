@@ -43,8 +43,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.enum_messenger import EnumMessenger
 from pyro.poutine.trace_struct import Trace
 
-from .errors import PairError
-from .traces import (
+from ..pair.traces import (
     PARTICLE_PLATE,
     PairTraces,
     is_guide_sample,
@@ -52,6 +51,7 @@ from .traces import (
     is_observed,
     local_terms,
 )
+from ..utils.errors import PairError
 
 PARALLEL = "parallel"
 

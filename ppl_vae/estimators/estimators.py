@@ -53,9 +53,9 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer.util import torch_item
 from pyro.poutine.util import site_is_subsample
 
-from .errors import EstimatorError
+from ..pair.traces import is_latent
+from ..utils.errors import EstimatorError
 from .kl import closed_form_kl, is_auxiliary
-from .traces import is_latent
 
 if TYPE_CHECKING:
     from .particles import ParticleTerms

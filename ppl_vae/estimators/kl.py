@@ -24,9 +24,9 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import kl_divergence
 
+from ..pair.traces import PairTraces, is_guide_factor, is_guide_sample, is_latent
+from ..utils.errors import EstimatorError
 from .enumeration import model_enumerated
-from .errors import EstimatorError
-from .traces import PairTraces, is_guide_factor, is_guide_sample, is_latent
 
 if TYPE_CHECKING:
     from .estimators import Estimator

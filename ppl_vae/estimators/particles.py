@@ -28,11 +28,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from pyro.poutine.trace_struct import Trace
 
-from . import enumeration
-from .dataset import Batch, Dataset
-from .errors import PairError, ScoringError, first_line
-from .kl import closed_form_kl
-from .traces import (
+from ..pair.dataset import Batch, Dataset
+from ..pair.traces import (
     PAIR_FAILURES,
     BroadcastError,
     PairTraces,
@@ -47,6 +44,9 @@ from .traces import (
     trace_pair,
     with_particles,
 )
+from ..utils.errors import PairError, ScoringError, first_line
+from . import enumeration
+from .kl import closed_form_kl
 
 
 class ParticleLoopWarning(UserWarning):

@@ -37,15 +37,15 @@ from typing import Any
 import pandas as pd
 import torch
 
-from . import params
-from .dataset import Dataset, as_dataset
-from .enumeration import guide_enumerated, model_enumerated
-from .errors import check_positive
-from .estimators import get
-from .kl import CLOSED_FORM, ENUMERATED, GUIDE_TERM, SAMPLED
-from .particles import ParticleTerms, dataset_terms
-from .rng import seeded
-from .traces import PairTraces, is_factor, is_guide_factor, run_pair
+from ..estimators.enumeration import guide_enumerated, model_enumerated
+from ..estimators.estimators import get
+from ..estimators.kl import CLOSED_FORM, ENUMERATED, GUIDE_TERM, SAMPLED
+from ..estimators.particles import ParticleTerms, dataset_terms
+from ..pair.dataset import Dataset, as_dataset
+from ..pair.traces import PairTraces, is_factor, is_guide_factor, run_pair
+from ..utils import params
+from ..utils.errors import check_positive
+from ..utils.rng import seeded
 
 PER_ROW_LOCAL = "per datapoint (no global latents: the rows sum to the joint numbers)"
 PER_ROW_GIVEN_GLOBALS = (

@@ -35,14 +35,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import arviz_compat
-from . import params as param_io
-from .dataset import Batch, as_dataset
-from .errors import PplVaeError, check_positive, check_seed
-from .particles import particle_terms
+from .. import arviz_compat
+from ..estimators.particles import particle_terms
+from ..pair.dataset import Batch, as_dataset
+from ..pair.traces import run_pair
+from ..utils import params as param_io
+from ..utils.errors import PplVaeError, check_positive, check_seed
+from ..utils.rng import seeded
 from .refine import elbo_draws, encoder_output, optimize, refined_guide
-from .rng import seeded
-from .traces import run_pair
 
 COLUMNS = [
     "elbo", "elbo_se", "elbo_optimized", "elbo_optimized_se", "log_likelihood",

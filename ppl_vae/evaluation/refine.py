@@ -23,10 +23,10 @@ import torch
 from pyro import distributions as dist
 from pyro.poutine.messenger import Messenger
 
-from .dataset import Batch
-from .errors import PairError
-from .particles import ParticleTerms, particle_terms
-from .traces import PairTraces, is_guide_sample, trace_pair
+from ..estimators.particles import ParticleTerms, particle_terms
+from ..pair.dataset import Batch
+from ..pair.traces import PairTraces, is_guide_sample, trace_pair
+from ..utils.errors import PairError
 
 # site: (loc, raw scale, event dims, full covariance); raw scale: log σ (Normal), or the
 # scale_tril with its diagonal through log (MultivariateNormal)

@@ -49,14 +49,11 @@ import pandas as pd
 import torch
 from pyro import poutine
 
-from . import params as param_io
-from .dataset import Batch, as_dataset
-from .errors import EstimatorError, is_integer
-from .estimators import get
-from .kl import check_enumerates, check_reparameterized, kl_sites
-from .particles import ParticleTerms, particle_terms
-from .rng import seeded
-from .traces import (
+from ..estimators.estimators import get
+from ..estimators.kl import check_enumerates, check_reparameterized, kl_sites
+from ..estimators.particles import ParticleTerms, particle_terms
+from ..pair.dataset import Batch, as_dataset
+from ..pair.traces import (
     PairTraces,
     global_terms,
     is_latent,
@@ -64,6 +61,9 @@ from .traces import (
     run_pair,
     with_particles,
 )
+from ..utils import params as param_io
+from ..utils.errors import EstimatorError, is_integer
+from ..utils.rng import seeded
 
 ENCODER = "encoder"
 DECODER = "decoder"

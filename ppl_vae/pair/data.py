@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from torch.distributions import constraints
 
-from .errors import DataError, first_line
+from ..utils.errors import DataError, first_line
 
 Array = torch.Tensor | np.ndarray
 _CHUNK_BYTES = 4 * 2**20

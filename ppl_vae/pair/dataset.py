@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..utils.errors import DataError
 from .data import Array, as_array, take, validate_data
-from .errors import DataError
 
 
 @dataclass(frozen=True)

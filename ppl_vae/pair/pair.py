@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import PairError, first_line
+from ..utils.errors import PairError, first_line
 
 
 @dataclass(frozen=True)

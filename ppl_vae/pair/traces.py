@@ -17,8 +17,8 @@ from pyro.distributions import Unit
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
+from ..utils.errors import PairError, first_line
 from .dataset import Batch
-from .errors import PairError, first_line
 
 PARTICLE_PLATE = "ppl_vae_particles"
 # what a user's model or guide raises when it does not fit the data or the particle plate

@@ -33,12 +33,12 @@ import numpy as np
 import pyro
 import torch
 
-from . import params as param_io
-from .dataset import Dataset
-from .errors import CheckpointError, first_line, is_integer
-from .kl import dist_name
-from .locks import exclusive_directory
-from .traces import PairTraces, is_latent, is_observed
+from ..estimators.kl import dist_name
+from ..pair.dataset import Dataset
+from ..pair.traces import PairTraces, is_latent, is_observed
+from ..utils import params as param_io
+from ..utils.errors import CheckpointError, first_line, is_integer
+from ..utils.locks import exclusive_directory
 
 if TYPE_CHECKING:
     from .svi import TrainingState

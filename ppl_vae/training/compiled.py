@@ -47,9 +47,9 @@ import torch.utils._pytree as pytree
 from pyro import poutine
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from .dataset import Batch
-from .errors import EstimatorError, PairError, PplVaeError, first_line
-from .rng import forked
+from ..pair.dataset import Batch
+from ..utils.errors import EstimatorError, PairError, PplVaeError, first_line
+from ..utils.rng import forked
 
 BACKENDS = ("inductor", "aot_eager", "eager")
 

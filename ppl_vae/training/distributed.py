@@ -36,7 +36,7 @@ import pyro
 import torch
 import torch.distributed as dist
 
-from .errors import PplVaeError
+from ..utils.errors import PplVaeError
 from .plates import scale_data_plate
 
 TIMEOUT = datetime.timedelta(minutes=10)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from pyro.poutine.messenger import Messenger
 
-from .traces import in_data_plate
+from ..pair.traces import in_data_plate
 
 
 class DataPlateScale(Messenger):

@@ -15,13 +15,10 @@ from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.messenger import Messenger
 from torch.distributions import constraints
 
-from . import params as param_io
-from .data import check_support
-from .dataset import Batch, Dataset
-from .enumeration import enumerate_pair
-from .errors import DataError, PairError, PplVaeError, first_line
-from .rng import forked
-from .traces import (
+from ..estimators.enumeration import enumerate_pair
+from ..pair.data import check_support
+from ..pair.dataset import Batch, Dataset
+from ..pair.traces import (
     PAIR_FAILURES,
     PairTraces,
     is_guide_sample,
@@ -30,6 +27,9 @@ from .traces import (
     trace_pair,
     with_particles,
 )
+from ..utils import params as param_io
+from ..utils.errors import DataError, PairError, PplVaeError, first_line
+from ..utils.rng import forked
 
 
 def probe(

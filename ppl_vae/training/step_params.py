@@ -21,7 +21,7 @@ import pyro.infer
 import torch
 from pyro import poutine
 
-from .dataset import Batch
+from ..pair.dataset import Batch
 
 
 class StepParams:

@@ -21,13 +21,13 @@ import pandas as pd
 import pyro
 import torch
 
+from ..pair.dataset import Batch, Dataset
+from ..pair.traces import is_latent, is_likelihood, run_pair
+from ..utils.errors import DataError, NumericalError, PairError, PplVaeError, first_line
+from ..utils.rng import forked
 from . import distributed
 from .checkpoint import Checkpointer
-from .dataset import Batch, Dataset
-from .errors import DataError, NumericalError, PairError, PplVaeError, first_line
-from .rng import forked
 from .step_params import StepParams
-from .traces import is_latent, is_likelihood, run_pair
 from .warmup import LatentScale, kl_weight
 
 HISTORY_COLUMNS = ["step", "epoch", "elbo", "beta", "time_s"]

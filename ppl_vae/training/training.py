@@ -25,20 +25,21 @@ import pyro.optim
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from . import params as param_io
-from .checkpoint import Checkpointer, fingerprint
-from .compiled import check_options, compile_elbo
-from .dataset import Batch, as_dataset
-from .errors import (
+from ..estimators.estimators import get
+from ..estimators.kl import check_enumerates, check_fallback, check_reparameterized, kl_sites
+from ..optim import ForeachAdam
+from ..pair.dataset import Batch, as_dataset
+from ..utils import params as param_io
+from ..utils.errors import (
     PplVaeError,
     check_integers,
     check_positive,
     check_seed,
 )
-from .estimators import get
-from .kl import check_enumerates, check_fallback, check_reparameterized, kl_sites
-from .optim import ForeachAdam
+from ..utils.rng import forked
+from . import distributed
+from .checkpoint import Checkpointer, fingerprint
+from .compiled import check_options, compile_elbo
 from .plates import scale_data_plate
 from .preflight import (
     check_autoguide,
@@ -47,7 +48,6 @@ from .preflight import (
     check_warmup,
     probe,
 )
-from .rng import forked
 from .svi import MinibatchOrder, StepInfo, Trainer, TrainingState, history
 from .warmup import LatentScale, anneal
 

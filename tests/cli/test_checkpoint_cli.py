@@ -17,8 +17,8 @@ import torch
 
 import ppl_vae
 from models import linear_gaussian
-from ppl_vae.checkpoint import FILENAME, read_checkpoint
 from ppl_vae.cli import main
+from ppl_vae.training.checkpoint import FILENAME, read_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 300

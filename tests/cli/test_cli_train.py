@@ -36,7 +36,7 @@ def test_train_a_zoo_model_on_digits(tmp_path, capsys):
     pyro.clear_param_store()
     pair = ppl_vae.load_pair("models/bernoulli_vae.py", x_dim=64)
     test = ppl_vae.load_data("digits", split="test", binarize=True)
-    ppl_vae.traces.run_pair(pair.model, pair.guide, test[:2])
+    ppl_vae.pair.traces.run_pair(pair.model, pair.guide, test[:2])
     ppl_vae.load_params(out / "params.pt")
     terms = ppl_vae.evaluate(pair.model, pair.guide, test, num_particles=100, seed=1)
     assert terms["elbo"].mean() == pytest.approx(summary["metrics"]["test_elbo"], abs=1e-6)
@@ -63,7 +63,7 @@ def test_user_pair_by_module_name_and_csv_data(tmp_path, monkeypatch):
     "args, message",
     [
         (["--model", "models/nope.py"], "model file 'models/nope.py' does not exist"),
-        (["--model", "ppl_vae.data"], "defines no 'make_pair'"),
+        (["--model", "ppl_vae.pair.data"], "defines no 'make_pair'"),
         (["--model", "models/bernoulli_vae.py", "--batch-size", "5000"],
          "batch_size=5000 but the data has 1438 rows"),
         (["--model", "models/bernoulli_vae.py", "--estimator", "both"], "invalid choice: 'both'"),

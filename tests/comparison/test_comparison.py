@@ -9,8 +9,8 @@ import torch
 
 import ppl_vae
 from ppl_vae import Comparison, compare_estimators
-from ppl_vae.errors import EstimatorError, OutputError, PplVaeError
-from ppl_vae.report import markdown
+from ppl_vae.comparison.report import markdown
+from ppl_vae.utils.errors import EstimatorError, OutputError, PplVaeError
 from tests.conftest import requires_cuda
 from tests.pairs import ppca_rows
 

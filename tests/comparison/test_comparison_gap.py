@@ -7,10 +7,10 @@ import torch
 
 from models import linear_gaussian
 from ppl_vae import compare_estimators
-from ppl_vae.report import markdown
+from ppl_vae.comparison.report import markdown
+from tests.comparison.test_comparison import TINY
+from tests.evaluation.test_gap import truths
 from tests.pairs import delta_pair, ppca_rows
-from tests.test_comparison import TINY
-from tests.test_gap import truths
 
 
 def test_gap_split_per_estimator_matches_the_closed_forms():

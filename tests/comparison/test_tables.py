@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from ppl_vae.measure import RunRecord
-from ppl_vae.tables import assemble
+from ppl_vae.comparison.measure import RunRecord
+from ppl_vae.comparison.tables import assemble
 
 
 def record(estimator: str, seed: int, test_elbo: float, variance: float) -> RunRecord:

@@ -18,7 +18,7 @@ from pyro.infer.autoguide import AutoNormal
 
 from models import linear_gaussian
 from ppl_vae import PairError, PplVaeError, arviz_compat, calibration
-from ppl_vae.ranks import (
+from ppl_vae.diagnostics.ranks import (
     CALIBRATED,
     TOO_HIGH,
     TOO_LOW,

@@ -19,8 +19,8 @@ from pyro.infer.autoguide import AutoNormal
 import ppl_vae
 from models import bernoulli_vae, linear_gaussian
 from ppl_vae import arviz_compat
-from ppl_vae.diagnostics import category
-from ppl_vae.traces import run_pair
+from ppl_vae.diagnostics.diagnostics import category
+from ppl_vae.pair.traces import run_pair
 
 D, K, N = 6, 2, 40
 
@@ -227,7 +227,7 @@ def test_independent_fits_become_chains_and_get_r_hat():
     assert idata.posterior["z"].shape == (2, 200, 50, 1)
     assert list(idata.posterior.attrs["fit_seeds"]) == [0, 1]
     # chain 1 is exactly what fit 1's parameters give with seed 5 + 1
-    ppl_vae.params.restore(fits[1].params)
+    ppl_vae.utils.params.restore(fits[1].params)
     alone = ppl_vae.to_inference_data(*pair, x, num_samples=200, seed=6)
     np.testing.assert_array_equal(idata.posterior["z"].values[1], alone.posterior["z"].values[0])
     assert "r_hat" in arviz_compat.summary(idata, var_names=["z"])

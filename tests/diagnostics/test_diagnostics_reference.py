@@ -9,8 +9,8 @@ import torch
 import ppl_vae
 from models import linear_gaussian
 from ppl_vae import arviz_compat
+from tests.diagnostics.test_diagnostics import ppca_at
 from tests.test_arviz_compat import native_forest
-from tests.test_diagnostics import ppca_at
 
 D, K, N = 5, 2, 12
 ROWS = [0, 4, 9]

@@ -27,9 +27,9 @@ from torch.distributions import constraints
 
 import ppl_vae
 from ppl_vae.cli import main
-from ppl_vae.errors import EstimatorError, PairError, PplVaeError
-from ppl_vae.particles import ParticleLoopWarning
-from ppl_vae.variance import estimate_draws, gradient_variance
+from ppl_vae.estimators.particles import ParticleLoopWarning
+from ppl_vae.evaluation.variance import estimate_draws, gradient_variance
+from ppl_vae.utils.errors import EstimatorError, PairError, PplVaeError
 from tests.conformance import gmm, ss_vae_m2, toy_mixture, within
 
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import ppl_vae
-from ppl_vae.errors import EstimatorError
-from ppl_vae.estimators import IWAE_ELBO
-from ppl_vae.variance import estimate_draws, gradient_draws, gradient_variance
+from ppl_vae.estimators.estimators import IWAE_ELBO
+from ppl_vae.evaluation.variance import estimate_draws, gradient_draws, gradient_variance
+from ppl_vae.utils.errors import EstimatorError
 
 
 def ppca(x_dim: int = 6, z_dim: int = 2):

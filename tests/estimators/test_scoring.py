@@ -19,10 +19,11 @@ from pyro import poutine
 from pyro.infer.importance import vectorized_importance_weights
 
 import ppl_vae
-from ppl_vae import params, particles
-from ppl_vae.particles import _cat_dicts
-from ppl_vae.preflight import is_fixed
-from ppl_vae.traces import is_guide_sample
+from ppl_vae.estimators import particles
+from ppl_vae.estimators.particles import _cat_dicts
+from ppl_vae.pair.traces import is_guide_sample
+from ppl_vae.training.preflight import is_fixed
+from ppl_vae.utils import params
 
 K = 4000
 

@@ -35,10 +35,15 @@ import torch
 from pyro.distributions import constraints
 from pyro.infer import config_enumerate
 
-from ppl_vae.errors import EstimatorError
-from ppl_vae.estimators import STLTrace_ELBO
-from ppl_vae.traces import run_pair
-from ppl_vae.variance import estimate_draws, gradient_draws, gradient_variance, param_groups
+from ppl_vae.estimators.estimators import STLTrace_ELBO
+from ppl_vae.evaluation.variance import (
+    estimate_draws,
+    gradient_draws,
+    gradient_variance,
+    param_groups,
+)
+from ppl_vae.pair.traces import run_pair
+from ppl_vae.utils.errors import EstimatorError
 
 X, M, S = 1.5, 0.3, 0.7
 

@@ -16,8 +16,8 @@ import torch
 
 from models import bernoulli_vae, linear_gaussian
 from ppl_vae import PairError, PplVaeError, inference_gap
+from tests.diagnostics.test_calibration import global_pair
 from tests.pairs import delta_pair
-from tests.test_calibration import global_pair
 
 X_DIM, Z_DIM = 5, 2
 

@@ -12,8 +12,8 @@ import torch
 
 import ppl_vae
 from models import linear_gaussian as lg
-from ppl_vae.particles import particle_terms
-from ppl_vae.traces import run_pair
+from ppl_vae.estimators.particles import particle_terms
+from ppl_vae.pair.traces import run_pair
 
 
 @pytest.fixture
@@ -71,7 +71,7 @@ def test_sampled_kl_is_unbiased_for_the_closed_form(untrained_ppca):
     model, guide, x = untrained_ppca
     layout = run_pair(model, guide, x)
     num = 20000
-    with torch.no_grad(), ppl_vae.rng.seeded(5):
+    with torch.no_grad(), ppl_vae.utils.rng.seeded(5):
         terms = particle_terms(model, guide, x, num, layout)
     sampled = terms.kl("z", closed_form=False).double()
     closed = terms.closed_kl["z"][0].double()

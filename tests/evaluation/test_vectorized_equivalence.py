@@ -12,7 +12,7 @@ from pyro.poutine.messenger import Messenger
 
 import ppl_vae
 from benchmarks.vectorized import naive_gradient_draws, naive_log_likelihood
-from ppl_vae.variance import gradient_draws
+from ppl_vae.evaluation.variance import gradient_draws
 
 ROWS, X_DIM, Z_DIM = 12, 64, 3
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ppl_vae
-from ppl_vae.data import load_data, train_test_split, validate_data
+from ppl_vae.pair.data import load_data, train_test_split, validate_data
 
 
 def test_embedded_digits_and_its_fixed_split():

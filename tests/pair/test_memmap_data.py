@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.distributions import constraints
 
-from ppl_vae.data import check_support, load_data, take, validate_data
+from ppl_vae.pair.data import check_support, load_data, take, validate_data
 
 STATUS = Path("/proc/self/status")
 

@@ -13,9 +13,9 @@ from pyro.infer.autoguide import AutoDelta, AutoNormal
 
 import ppl_vae
 from ppl_vae.cli import main
-from ppl_vae.dataset import as_dataset
-from ppl_vae.plates import scale_data_plate
-from ppl_vae.traces import run_pair
+from ppl_vae.pair.dataset import as_dataset
+from ppl_vae.pair.traces import run_pair
+from ppl_vae.training.plates import scale_data_plate
 
 
 def regression(sigma: float = 0.5, prior: float = 2.0):
@@ -93,7 +93,7 @@ def test_analytic_with_autonormal_equals_trace_elbo_at_the_same_draw():
     counts = torch.tensor([3.0, 1.0, 4.0, 1.0, 5.0])
     guide = AutoNormal(model)
     guide(counts)
-    ours = ppl_vae.estimators.get("analytic").make(1, 1)
+    ours = ppl_vae.estimators.estimators.get("analytic").make(1, 1)
     theirs = pyro.infer.Trace_ELBO(max_plate_nesting=1, vectorize_particles=True)
     pyros = pyro.infer.TraceMeanField_ELBO(max_plate_nesting=1, vectorize_particles=True)
     losses = []
@@ -350,8 +350,8 @@ def test_bad_counts_and_rows_are_refused_through_the_api():
 
 
 def test_a_checkpoint_with_junk_history_is_refused(tmp_path):
-    from ppl_vae.checkpoint import FILENAME, read_checkpoint
-    from ppl_vae.params import write_tensors
+    from ppl_vae.training.checkpoint import FILENAME, read_checkpoint
+    from ppl_vae.utils.params import write_tensors
 
     x, y = regression_data(n=16)
     model = regression()

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ppl_vae
-from ppl_vae import data as data_module
-from ppl_vae.data import as_tensor, validate_data
+from ppl_vae.pair import data as data_module
+from ppl_vae.pair.data import as_tensor, validate_data
 
 DTYPES = st.sampled_from([np.float16, np.float32, np.float64, np.int8, np.int32, np.int64,
                           np.uint8, np.bool_])  # fmt: skip
@@ -101,7 +101,7 @@ def test_memory_mapped_data_is_read_in_chunks_and_refused_at_the_same_place(valu
         np.save(path, values)
         mapped = np.load(path, mmap_mode="r")
         with mock.patch.object(data_module, "_CHUNK_BYTES", chunk):
-            _check_validation(values, ppl_vae.data.as_array(mapped))
+            _check_validation(values, ppl_vae.pair.data.as_array(mapped))
         del mapped
 
 
@@ -117,7 +117,7 @@ def test_csv_files_are_refused_at_the_same_row_and_column(values):
             path, index=False)  # fmt: skip
         with np.errstate(over="ignore"):
             as_read = values.astype(np.float32)
-        _check_validation(as_read, ppl_vae.data._load_file(str(path)))
+        _check_validation(as_read, ppl_vae.pair.data._load_file(str(path)))
 
 
 @FEW

@@ -16,7 +16,7 @@ from pyro.distributions import constraints
 
 import ppl_vae
 from models import linear_gaussian
-from ppl_vae.checkpoint import FILENAME, read_checkpoint
+from ppl_vae.training.checkpoint import FILENAME, read_checkpoint
 from tests.conftest import requires_cuda
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,9 +19,9 @@ import torch
 
 import ppl_vae
 from ppl_vae.cli import main
-from ppl_vae.compiled import CompileFallbackWarning, compile_elbo
-from ppl_vae.dataset import as_dataset
-from ppl_vae.errors import EstimatorError, PplVaeError
+from ppl_vae.pair.dataset import as_dataset
+from ppl_vae.training.compiled import CompileFallbackWarning, compile_elbo
+from ppl_vae.utils.errors import EstimatorError, PplVaeError
 
 STEPS, BATCH = 40, 64
 

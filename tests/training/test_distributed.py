@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from ppl_vae.cli import main
-from ppl_vae.distributed import World, shard
-from ppl_vae.params import read_params
+from ppl_vae.training.distributed import World, shard
+from ppl_vae.utils.params import read_params
 
 PAIR = textwrap.dedent(
     """

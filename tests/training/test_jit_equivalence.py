@@ -14,7 +14,7 @@ import torch
 
 import ppl_vae
 from ppl_vae.cli import main
-from ppl_vae.errors import EstimatorError, PplVaeError
+from ppl_vae.utils.errors import EstimatorError, PplVaeError
 from tests.pairs import delta_pair
 
 

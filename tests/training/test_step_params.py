@@ -9,8 +9,8 @@ import torch
 from pyro import poutine
 
 import ppl_vae
-from ppl_vae.dataset import as_dataset
-from ppl_vae.step_params import StepParams
+from ppl_vae.pair.dataset import as_dataset
+from ppl_vae.training.step_params import StepParams
 
 
 def captured(elbo, model, guide, x) -> list:

@@ -11,10 +11,10 @@ import torch
 from pyro.infer.autoguide import AutoNormal
 
 import ppl_vae
-import ppl_vae.particles
+import ppl_vae.estimators.particles
 from models import bernoulli_vae, linear_gaussian, mixture_prior_vae
-from ppl_vae.traces import run_pair
-from ppl_vae.warmup import LatentScale, anneal, kl_weight
+from ppl_vae.pair.traces import run_pair
+from ppl_vae.training.warmup import LatentScale, anneal, kl_weight
 from tests.pairs import drifting_scale_pair
 
 
@@ -165,16 +165,16 @@ def test_kl_warmup_scales_the_kl_term_of_both_estimators(binary_digits, estimato
     x = binary_digits[0][:32]
     model, guide = bernoulli_vae.make_pair()
     layout = run_pair(model, guide, x)
-    elbo = ppl_vae.estimators.get(estimator).make(1, layout.max_plate_nesting)
+    elbo = ppl_vae.estimators.estimators.get(estimator).make(1, layout.max_plate_nesting)
     scale = LatentScale()
 
     def loss_at(beta):
         scale.beta = beta
-        with ppl_vae.rng.seeded(7):
+        with ppl_vae.utils.rng.seeded(7):
             return elbo.loss(anneal(model, scale), anneal(guide, scale), x)
 
-    with ppl_vae.rng.seeded(7):
-        terms = ppl_vae.particles.particle_terms(model, guide, x, 1, layout)
+    with ppl_vae.utils.rng.seeded(7):
+        terms = ppl_vae.estimators.particles.particle_terms(model, guide, x, 1, layout)
     kl = terms.kl("z", closed_form=estimator == "analytic").sum().item()
     assert loss_at(0.25) - loss_at(1.0) == pytest.approx(-0.75 * kl, rel=1e-4)
     assert [kl_weight(s, 4) for s in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
@@ -206,7 +206,7 @@ def test_num_particles_are_vectorized_and_reduce_noise(binary_digits):
     run_pair(model, guide, x)
     spreads = {}
     for particles in (1, 16):
-        elbo = ppl_vae.estimators.get("sampled").make(particles, 1)
+        elbo = ppl_vae.estimators.estimators.get("sampled").make(particles, 1)
         losses = [elbo.loss(model, guide, x) for _ in range(30)]
         spreads[particles] = np.std(losses)
     assert spreads[16] < spreads[1] / 2  # sd ∝ 1/sqrt(particles): expect ≈ 1/4

@@ -6,8 +6,8 @@ import torch
 
 import ppl_vae
 from models import gaussian_vae
-from ppl_vae.params import restore, snapshot
-from ppl_vae.traces import run_pair
+from ppl_vae.pair.traces import run_pair
+from ppl_vae.utils.params import restore, snapshot
 
 
 def test_save_load_round_trip_keeps_modules_linked(tmp_path, digits):
