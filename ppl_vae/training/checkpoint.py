@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyro
@@ -39,9 +38,7 @@ from ..pair.traces import PairTraces, is_latent, is_observed
 from ..utils import params as param_io
 from ..utils.errors import CheckpointError, first_line, is_integer
 from ..utils.locks import exclusive_directory
-
-if TYPE_CHECKING:
-    from .svi import TrainingState
+from .state import TrainingState
 
 FORMAT = "ppl_vae.checkpoint/1"
 FILENAME = "checkpoint.pt"

@@ -27,6 +27,7 @@ from ..utils.errors import DataError, NumericalError, PairError, PplVaeError, fi
 from ..utils.rng import forked
 from . import distributed
 from .checkpoint import Checkpointer
+from .state import TrainingState
 from .step_params import StepParams
 from .warmup import LatentScale, kl_weight
 
@@ -42,42 +43,6 @@ class StepInfo:
     elbo: float
     time_s: float
     batch: Batch  # the minibatch's arguments; ``batch.args[0]`` is ``x`` of ``model(x)``
-
-
-class MinibatchOrder:
-    """One seeded permutation of the rows per epoch, cut into ``rows // batch_size`` batches
-    (the remainder of an epoch is dropped); its state is the generator and the permutation."""
-
-    def __init__(self, rows: int, batch_size: int, seed: int):
-        self.rows, self.batch_size = rows, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.permutation: torch.Tensor | None = None
-
-    def batch(self, step: int) -> tuple[int, torch.Tensor]:
-        """The epoch of 1-based ``step`` and its minibatch's row indices."""
-        epoch, position = divmod(step - 1, self.rows // self.batch_size)
-        if position == 0:
-            self.permutation = torch.randperm(self.rows, generator=self.generator)
-        start = position * self.batch_size
-        return epoch, self.permutation[start : start + self.batch_size]
-
-    def state(self) -> dict:
-        return {"order": self.generator.get_state(), "permutation": self.permutation}
-
-    def set_state(self, state: dict) -> None:
-        self.generator.set_state(state["order"])
-        self.permutation = state["permutation"]
-
-
-@dataclass
-class TrainingState:
-    """The run so far: ``step`` steps done, their history ``rows``, ``elapsed`` training
-    seconds (callbacks excluded), and the minibatch ``order``."""
-
-    order: MinibatchOrder
-    step: int = 0
-    rows: list[tuple] = field(default_factory=list)
-    elapsed: float = 0.0
 
 
 @dataclass

@@ -48,7 +48,8 @@ from .preflight import (
     check_warmup,
     probe,
 )
-from .svi import MinibatchOrder, StepInfo, Trainer, TrainingState, history
+from .state import MinibatchOrder, TrainingState
+from .svi import StepInfo, Trainer, history
 from .warmup import LatentScale, anneal
 
 DEFAULT_BATCH_SIZE = 128
