@@ -15,7 +15,7 @@ auxiliary sites) are part of q: their log q enters every estimate.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import pandas as pd
 import torch
@@ -28,12 +28,25 @@ from ..pair.traces import PairTraces, is_guide_factor, is_guide_sample, is_laten
 from ..utils.errors import EstimatorError
 from .enumeration import model_enumerated
 
-if TYPE_CHECKING:
-    from .estimators import Estimator
-
-
 CLOSED_FORM = "closed-form"
 SAMPLED = "sampled"
+
+
+class KLRule(Protocol):
+    """What the KL labels and checks read of an estimator: an
+    :class:`~ppl_vae.estimators.estimators.Estimator` record is one (this module lies below the
+    registry, which uses its closed forms)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def elbo(self) -> type: ...
+    @property
+    def closed_form_kl(self) -> bool: ...
+    @property
+    def requires_reparameterized(self) -> bool: ...
+    @property
+    def enumerates(self) -> bool: ...
 
 
 class KLFallbackWarning(UserWarning):
@@ -78,7 +91,7 @@ ENUMERATED = "enumerated (exact)"
 GUIDE_TERM = "log q term (guide factor or observed)"
 
 
-def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
+def kl_sites(traces: PairTraces, estimator: KLRule) -> pd.DataFrame:
     """Per site of q (and per discrete site the model sums out): q and p's distribution, its
     scope, whether it is enumerated, and how ``estimator`` computes its KL.
 
@@ -128,7 +141,7 @@ def kl_sites(traces: PairTraces, estimator: Estimator) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
-def check_enumerates(sites: pd.DataFrame, estimator: Estimator) -> None:
+def check_enumerates(sites: pd.DataFrame, estimator: KLRule) -> None:
     """Refuse, before any step, a pair whose model sums out a discrete site under an estimator
     that would sample it from its prior (a different objective), and ``enum`` on a pair with
     nothing marked for enumeration."""
@@ -148,7 +161,7 @@ def check_enumerates(sites: pd.DataFrame, estimator: Estimator) -> None:
         )
 
 
-def check_reparameterized(sites: pd.DataFrame, estimator: Estimator) -> None:
+def check_reparameterized(sites: pd.DataFrame, estimator: KLRule) -> None:
     """Refuse an estimator that needs reparameterized sites (``analytic``) when a guide site
     is not, before any step."""
     if not estimator.requires_reparameterized:
@@ -165,7 +178,7 @@ def check_reparameterized(sites: pd.DataFrame, estimator: Estimator) -> None:
     )
 
 
-def check_fallback(sites: pd.DataFrame, estimator: Estimator, strict: bool) -> None:
+def check_fallback(sites: pd.DataFrame, estimator: KLRule, strict: bool) -> None:
     """Warn (or raise, when ``strict``) if a closed-form estimator samples some site's KL."""
     if not estimator.closed_form_kl:
         return
