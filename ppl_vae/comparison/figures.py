@@ -5,14 +5,11 @@ ELBO estimates at fixed parameters.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-if TYPE_CHECKING:
-    from .comparison import Comparison
+from .measurements import Measurements
 
 FIGURES = {
     "convergence_steps.png": "ELBO per datapoint against training steps",
@@ -28,7 +25,7 @@ def _band(ax, x: pd.Series, y: pd.DataFrame, label: str) -> None:
     ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.25)
 
 
-def _convergence(comparison: Comparison, against: str) -> Figure:
+def _convergence(comparison: Measurements, against: str) -> Figure:
     curves = comparison.curves
     fig = Figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2, sharex=True)
@@ -56,15 +53,15 @@ def _convergence(comparison: Comparison, against: str) -> Figure:
     return fig
 
 
-def convergence_steps(comparison: Comparison) -> Figure:
+def convergence_steps(comparison: Measurements) -> Figure:
     return _convergence(comparison, "step")
 
 
-def convergence_seconds(comparison: Comparison) -> Figure:
+def convergence_seconds(comparison: Measurements) -> Figure:
     return _convergence(comparison, "time_s")
 
 
-def gradients(comparison: Comparison) -> Figure:
+def gradients(comparison: Measurements) -> Figure:
     """Variance and SNR per group against step (log-log, step + 1), at each run's own
     parameters: solid = the estimator's own run, dashed = another estimator's run."""
     g = comparison.gradients
@@ -96,7 +93,7 @@ def gradients(comparison: Comparison) -> Figure:
     return fig
 
 
-def estimates(comparison: Comparison) -> Figure:
+def estimates(comparison: Measurements) -> Figure:
     """Histograms of the ELBO estimate's draws, all estimators at the same parameters: at
     initialization and at the end of the last estimator's run."""
     d = comparison.draws
