@@ -8,8 +8,8 @@ r"""Vectorized particles against naive per-sample loops: ``log_likelihood`` and 
   ``is_grads_batched``, against a loop of R ``loss_and_grads`` calls of Pyro's
   ``Trace_ELBO`` and ``TraceMeanField_ELBO``, one particle each.
 
-Both contenders compute the same quantities (tests/test_vectorized_equivalence.py checks that
-they agree on the same draws); repeats are interleaved.
+Both contenders compute the same quantities (tests/evaluation/test_vectorized_equivalence.py
+checks that they agree on the same draws); repeats are interleaved.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """``fit(compile=...)``: the traced and compiled step trains like the eager one.
 
 The eager ``fit`` is bitwise Pyro's ``SVI.step`` with ``pyro.optim.Adam``
-(tests/test_training_step.py), so the references here are eager ``fit`` runs on the same
+(tests/training/test_training_step.py), so the references here are eager ``fit`` runs on the same
 minibatches from the same seed. The compiled step draws the same noise as the eager one, so
 with the ``aot_eager`` backend (the traced operations, unfused) the parameters are bitwise
 equal, and with TorchInductor (fused kernels) equal up to float rounding. How much faster it

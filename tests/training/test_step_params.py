@@ -1,6 +1,6 @@
 """``ppl_vae.step_params``: the parameters a step read, from the ELBO's own traces, are the
 ones Pyro's ``SVI.step`` captures with ``poutine.trace(param_only=True)`` (that fit's
-numbers stay bitwise ``SVI.step``'s is tested in tests/test_training_step.py)."""
+numbers stay bitwise ``SVI.step``'s is tested in tests/training/test_training_step.py)."""
 
 import pyro
 import pyro.infer
