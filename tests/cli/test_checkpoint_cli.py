@@ -20,7 +20,7 @@ from models import linear_gaussian
 from ppl_vae.cli import main
 from ppl_vae.training.checkpoint import FILENAME, read_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 300
 
 

@@ -19,7 +19,7 @@ from models import linear_gaussian
 from ppl_vae.training.checkpoint import FILENAME, read_checkpoint
 from tests.conftest import requires_cuda
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COLUMNS = ["step", "epoch", "elbo", "beta"]  # time_s continues from the checkpoint instead
 STEPS = 12
 
