@@ -37,16 +37,11 @@ class KLRule(Protocol):
     :class:`~ppl_vae.estimators.estimators.Estimator` record is one (this module lies below the
     registry, which uses its closed forms)."""
 
-    @property
-    def name(self) -> str: ...
-    @property
-    def elbo(self) -> type: ...
-    @property
-    def closed_form_kl(self) -> bool: ...
-    @property
-    def requires_reparameterized(self) -> bool: ...
-    @property
-    def enumerates(self) -> bool: ...
+    name: str
+    elbo: type
+    closed_form_kl: bool
+    requires_reparameterized: bool
+    enumerates: bool
 
 
 class KLFallbackWarning(UserWarning):
