@@ -46,7 +46,7 @@ with their values, the modules' weights are put back, and Pyro's RNG state is re
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +63,14 @@ from ..utils.files import atomic_write_text
 from ..utils.runs import read_json, run_directory, versions, write_json
 from . import report
 from .measure import measure_runs
+from .measurements import ComparisonTables
 from .tables import assemble
 
 FORMAT = "ppl_vae.comparison/1"
 
 
 @dataclass(frozen=True)
-class Comparison:
+class Comparison(ComparisonTables):
     """The measurements of :func:`compare_estimators`, as pandas DataFrames.
 
     Attributes:
@@ -93,20 +94,6 @@ class Comparison:
             ``kl``: ``"closed-form"`` or ``"sampled"``.
         settings: the arguments, what was measured how, and package versions.
     """
-
-    summary: pd.DataFrame
-    differences: pd.DataFrame
-    runs: pd.DataFrame
-    curves: pd.DataFrame
-    gradients: pd.DataFrame
-    estimates: pd.DataFrame
-    draws: pd.DataFrame
-    sites: pd.DataFrame
-    settings: dict = field(default_factory=dict)
-
-    def tables(self) -> dict[str, pd.DataFrame]:
-        """Every DataFrame by its attribute name."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}
 
     def save(
         self,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .measurements import Measurements
+from .measurements import ComparisonTables
 
 FIGURES = {
     "convergence_steps.png": "ELBO per datapoint against training steps",
@@ -25,7 +25,7 @@ def _band(ax, x: pd.Series, y: pd.DataFrame, label: str) -> None:
     ax.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.25)
 
 
-def _convergence(comparison: Measurements, against: str) -> Figure:
+def _convergence(comparison: ComparisonTables, against: str) -> Figure:
     curves = comparison.curves
     fig = Figure(figsize=(10, 3.8))
     axes = fig.subplots(1, 2, sharex=True)
@@ -53,15 +53,15 @@ def _convergence(comparison: Measurements, against: str) -> Figure:
     return fig
 
 
-def convergence_steps(comparison: Measurements) -> Figure:
+def convergence_steps(comparison: ComparisonTables) -> Figure:
     return _convergence(comparison, "step")
 
 
-def convergence_seconds(comparison: Measurements) -> Figure:
+def convergence_seconds(comparison: ComparisonTables) -> Figure:
     return _convergence(comparison, "time_s")
 
 
-def gradients(comparison: Measurements) -> Figure:
+def gradients(comparison: ComparisonTables) -> Figure:
     """Variance and SNR per group against step (log-log, step + 1), at each run's own
     parameters: solid = the estimator's own run, dashed = another estimator's run."""
     g = comparison.gradients
@@ -93,7 +93,7 @@ def gradients(comparison: Measurements) -> Figure:
     return fig
 
 
-def estimates(comparison: Measurements) -> Figure:
+def estimates(comparison: ComparisonTables) -> Figure:
     """Histograms of the ELBO estimate's draws, all estimators at the same parameters: at
     initialization and at the end of the last estimator's run."""
     d = comparison.draws

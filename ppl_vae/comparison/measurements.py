@@ -1,36 +1,32 @@
-"""What the report and its figures read of a comparison: its tables and settings.
+"""The tables of a comparison, below the report and the figures that read them.
 
-:class:`~ppl_vae.Comparison` is one; this type lives below the report and the figures so that
-they need not import the comparison that writes them.
+:class:`ComparisonTables` holds the measurements; :class:`~ppl_vae.Comparison` is one, with
+the ways to save and load it. The report and the figures take the tables, so that they need
+not import the comparison that writes them.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass, field, fields
 
 import pandas as pd
 
 
-class Measurements(Protocol):
-    """The tables of :class:`~ppl_vae.Comparison` (see its attributes) and its settings."""
+@dataclass(frozen=True)
+class ComparisonTables:
+    """The measurements of :func:`~ppl_vae.compare_estimators` as pandas DataFrames, and its
+    settings (the attributes are described on :class:`~ppl_vae.Comparison`)."""
 
-    @property
-    def summary(self) -> pd.DataFrame: ...
-    @property
-    def differences(self) -> pd.DataFrame: ...
-    @property
-    def runs(self) -> pd.DataFrame: ...
-    @property
-    def curves(self) -> pd.DataFrame: ...
-    @property
-    def gradients(self) -> pd.DataFrame: ...
-    @property
-    def estimates(self) -> pd.DataFrame: ...
-    @property
-    def draws(self) -> pd.DataFrame: ...
-    @property
-    def sites(self) -> pd.DataFrame: ...
-    @property
-    def settings(self) -> dict: ...
+    summary: pd.DataFrame
+    differences: pd.DataFrame
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    gradients: pd.DataFrame
+    estimates: pd.DataFrame
+    draws: pd.DataFrame
+    sites: pd.DataFrame
+    settings: dict = field(default_factory=dict)
 
-    def tables(self) -> dict[str, pd.DataFrame]: ...
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """Every DataFrame by its attribute name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "settings"}

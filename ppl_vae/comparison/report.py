@@ -16,7 +16,7 @@ from ..estimators.estimators import get
 from ..estimators.kl import AUXILIARY, CLOSED_FORM
 from ..utils.files import atomic_write, atomic_write_text
 from .figures import FIGURE_MAKERS, FIGURES
-from .measurements import Measurements
+from .measurements import ComparisonTables
 
 LABELS = {
     "test_elbo": "held-out ELBO",
@@ -29,7 +29,7 @@ LABELS = {
 
 
 def write_files(
-    comparison: Measurements,
+    comparison: ComparisonTables,
     directory: Path,
     *,
     command: str = "",
@@ -44,7 +44,7 @@ def write_files(
 
 
 def markdown(
-    comparison: Measurements, command: str = "", description: str = "a model/guide pair"
+    comparison: ComparisonTables, command: str = "", description: str = "a model/guide pair"
 ) -> str:
     """The report as markdown: verdict, tables, figure and CSV links, command, versions."""
     s = comparison.settings
@@ -103,7 +103,7 @@ def markdown(
     return "\n".join(lines) + "\n"
 
 
-def verdict(comparison: Measurements) -> list[str]:
+def verdict(comparison: ComparisonTables) -> list[str]:
     """Plain-language findings that follow from the numbers."""
     s = comparison.settings
     reference = s["estimators"][0]
@@ -157,7 +157,7 @@ def verdict(comparison: Measurements) -> list[str]:
     return found
 
 
-def _gap_findings(comparison: Measurements) -> list[str]:
+def _gap_findings(comparison: ComparisonTables) -> list[str]:
     """The gap split per estimator, and each estimator's difference to the first, paired by
     seed with its 95% interval (or why the split is missing)."""
     s = comparison.settings
@@ -200,7 +200,7 @@ def _mean_sd(summary: pd.DataFrame, estimator: str, column: str) -> str:
     return f"{mean:.3f}" if math.isnan(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def _variance_findings(comparison: Measurements) -> list[str]:
+def _variance_findings(comparison: ComparisonTables) -> list[str]:
     """Gradient and estimate variance of each estimator against the first, at the same
     parameters and on the same draws."""
     reference, *others = comparison.settings["estimators"]
@@ -275,7 +275,7 @@ def _at_same_params(frame: pd.DataFrame, other: str, value: str = "variance") ->
     return pd.concat(rows, ignore_index=True)
 
 
-def headline(comparison: Measurements) -> str:
+def headline(comparison: ComparisonTables) -> str:
     summary = comparison.summary
     columns = {"estimator": summary["estimator"]}
     for metric in ("test_elbo", "log_likelihood", "exact_log_likelihood", "gap", "amortization_gap",
@@ -303,7 +303,7 @@ def _ci(row) -> str:
     return f"{row.ci_low:+.3f} to {row.ci_high:+.3f}"
 
 
-def _differences_table(comparison: Measurements) -> str:
+def _differences_table(comparison: ComparisonTables) -> str:
     d = comparison.differences
     return _table(
         pd.DataFrame(
@@ -318,7 +318,7 @@ def _differences_table(comparison: Measurements) -> str:
     )
 
 
-def _estimates_table(comparison: Measurements) -> str:
+def _estimates_table(comparison: ComparisonTables) -> str:
     e = comparison.estimates
     e = e[e["step"].isin([e["step"].min(), e["step"].max()])]
     table = (
@@ -334,7 +334,7 @@ def _estimates_table(comparison: Measurements) -> str:
     return _table(table[["parameters", "estimator", "elbo_mean", "elbo_sd", "kl_sd"]].round(4))
 
 
-def _gradients_table(comparison: Measurements) -> str:
+def _gradients_table(comparison: ComparisonTables) -> str:
     g = comparison.gradients
     g = g[g["step"].isin([g["step"].min(), g["step"].max()])]
     table = (
