@@ -26,8 +26,8 @@ PACKAGE = ROOT / "ppl_vae"
 # (``from ppl_vae.nets import mlp`` in pair files, ``ppl_vae.optim``, ``ppl_vae.arviz_compat``)
 ROOT_MODULES = {"ppl_vae", "ppl_vae.__main__", "ppl_vae.nets", "ppl_vae.optim"}
 ROOT_PACKAGES = {"arviz_compat", "cli"}
-# test folders that group tests of the whole library rather than one subpackage
-TEST_FOLDERS_OF_THEIR_OWN = {"conformance"}
+# test folders of the whole library rather than one subpackage: pairs and generated cases
+TEST_FOLDERS_OF_THEIR_OWN = {"conformance", "corpus"}
 
 
 def module_name(path: Path) -> str:
