@@ -1,5 +1,8 @@
 # Two commands on a fresh machine: `make demo` and `make test`. Each builds .venv by itself.
-# `make test` runs the whole suite, slow tests included; `make test-fast` skips those.
+# `make test` runs the whole suite, slow tests included; `make test-fast` skips those. Both run
+# one pytest worker per core (pytest-xdist): each worker takes a run of consecutive tests (so a
+# file's module fixtures are made once) and an idle one takes over the end of a busy one's run.
+# PYTEST_WORKERS=0 runs everything in one process; PYTEST_ARGS adds options (--durations=20).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -18,11 +21,15 @@ demo: $(STAMP)
 		--seeds 0 1 2 --estimators sampled analytic --out runs/demo --overwrite
 	@echo "open runs/demo/report.md"
 
+PYTEST_WORKERS ?= auto
+PYTEST_ARGS ?=
+PYTEST := $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -59,4 +66,4 @@ $(STAMP312): pyproject.toml
 # docs/diagnostics.md's walk-through is written in arviz 0.2x calls (az.plot_ppc, ...), so its
 # page test skips there; the page's arviz 1.x section runs in tests/test_arviz_compat.py.
 test-py312: $(STAMP312)
-	$(VENV312)/bin/python -m pytest -q
+	$(VENV312)/bin/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)

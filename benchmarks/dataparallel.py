@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ppl_vae.distributed import torchrun_command
+from ppl_vae.training.distributed import torchrun_command
 
 from .steps import CONFIGS, data_for, fresh_pair
 
@@ -90,7 +90,7 @@ def _worker(out: str, steps: int, batch_size: int) -> None:
     import torch.distributed as dist
 
     import ppl_vae
-    from ppl_vae.distributed import init_from_env, leave
+    from ppl_vae.training.distributed import init_from_env, leave
 
     torch.set_num_threads(1)
     group = init_from_env()

@@ -29,13 +29,13 @@ from .tables import markdown
 PARTS = (
     ("Pyro: trace guide and model, log-densities", ("pyro/infer/elbo.py", "_get_traces")),
     ("backward pass", ("torch/_tensor.py", "backward")),
-    ("compiled loss and gradients (one call)", ("ppl_vae/compiled.py", "loss_and_grads")),
+    ("compiled loss and gradients (one call)", ("ppl_vae/training/compiled.py", "loss_and_grads")),
     ("optimizer (ForeachAdam)", ("ppl_vae/optim.py", "__call__")),
 )
 WITHIN = (  # parts of the parts above, not counted again in the remainder
     ("  of which pyro.module re-registering parameters", ("pyro/primitives.py", "module")),
 )
-NOT_OWN = ("ppl_vae/optim.py", "ppl_vae/compiled.py")
+NOT_OWN = ("ppl_vae/optim.py", "ppl_vae/training/compiled.py")
 
 
 def profile(steps: int = 400, estimator: str = "sampled", compile: bool = False) -> pd.DataFrame:
@@ -62,7 +62,7 @@ def profile(steps: int = 400, estimator: str = "sampled", compile: bool = False)
     )
     rows.append(("ppl_vae's own code (tottime)", own))
     # the steps (Trainer.update), as history's time_s counts them
-    total = sum(v[3] for k, v in stats.items() if _is(k, "ppl_vae/svi.py", "update"))
+    total = sum(v[3] for k, v in stats.items() if _is(k, "ppl_vae/training/svi.py", "update"))
     rows.append(("other", total - sum(seconds for _, seconds in rows)))
     rows[1:1] = [(part, sum(v[3] for k, v in stats.items() if _is(k, suffix, name)))
                  for part, (suffix, name) in WITHIN]

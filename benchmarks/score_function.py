@@ -28,8 +28,8 @@ import pyro
 import torch
 
 import ppl_vae
-from ppl_vae.params import BASELINE_AVERAGE
-from ppl_vae.traces import run_pair
+from ppl_vae.pair.traces import run_pair
+from ppl_vae.utils.params import BASELINE_AVERAGE
 
 from .tables import markdown
 

@@ -8,8 +8,8 @@ r"""Vectorized particles against naive per-sample loops: ``log_likelihood`` and 
   ``is_grads_batched``, against a loop of R ``loss_and_grads`` calls of Pyro's
   ``Trace_ELBO`` and ``TraceMeanField_ELBO``, one particle each.
 
-Both contenders compute the same quantities (tests/test_vectorized_equivalence.py checks that
-they agree on the same draws); repeats are interleaved.
+Both contenders compute the same quantities (tests/evaluation/test_vectorized_equivalence.py
+checks that they agree on the same draws); repeats are interleaved.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 from pyro import poutine
 
 import ppl_vae
-from ppl_vae.traces import is_latent, is_observed
-from ppl_vae.variance import gradient_draws
+from ppl_vae.evaluation.variance import gradient_draws
+from ppl_vae.pair.traces import is_latent, is_observed
 
 from .steps import CONFIGS, data_for, fresh_pair
 

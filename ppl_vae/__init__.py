@@ -8,31 +8,36 @@ The identity everything rests on (see docs/derivation.md)::
 
 import importlib
 
-# every public name and the module that defines it; they are imported on first use (PEP 562),
+# every public name and the module that defines it (below the subpackage of its layer,
+# docs/architecture.md); they are imported on first use (PEP 562),
 # so that `ppl-vae` can catch a Ctrl-C while torch and Pyro load
 _HOME = {
     "arviz_compat": None, "nets": None, "optim": None,
-    "Calibration": "sbc", "calibration": "sbc",
-    "Comparison": "comparison", "ComparisonSettings": "comparison",
-    "compare_estimators": "comparison",
-    "load_data": "data", "train_test_split": "data",
-    "vi_diagnostics": "diagnostics",
-    "CheckpointError": "errors", "DataError": "errors", "EstimatorError": "errors",
-    "NumericalError": "errors", "OutputError": "errors", "PairError": "errors",
-    "PplVaeError": "errors", "ScoringError": "errors",
-    "ESTIMATORS": "estimators", "Estimator": "estimators",
-    "inference_gap": "gap",
-    "elpd": "predictive", "plot_loo_pit": "predictive",
-    "evaluate": "evaluation", "importance_log_weights": "evaluation",
-    "log_likelihood": "evaluation",
-    "LogLikelihoodWarning": "inference_data", "to_inference_data": "inference_data",
-    "KLFallbackWarning": "kl",
-    "ModelGuidePair": "pair", "load_pair": "pair",
-    "load_params": "params", "save_params": "params",
-    "ParticleLoopWarning": "particles",
-    "compare_posteriors": "reference", "reference_posterior": "reference",
-    "FitResult": "training", "StepInfo": "training", "fit": "training",
-    "gradient_variance": "variance",
+    "Calibration": "diagnostics.sbc", "calibration": "diagnostics.sbc",
+    "Comparison": "comparison.comparison", "ComparisonSettings": "comparison.comparison",
+    "compare_estimators": "comparison.comparison",
+    "load_data": "pair.data", "train_test_split": "pair.data",
+    "vi_diagnostics": "diagnostics.diagnostics",
+    "CheckpointError": "utils.errors", "DataError": "utils.errors",
+    "EstimatorError": "utils.errors", "NumericalError": "utils.errors",
+    "OutputError": "utils.errors", "PairError": "utils.errors",
+    "PplVaeError": "utils.errors", "ScoringError": "utils.errors",
+    "ESTIMATORS": "estimators.estimators", "Estimator": "estimators.estimators",
+    "inference_gap": "evaluation.gap",
+    "elpd": "evaluation.predictive", "plot_loo_pit": "evaluation.predictive",
+    "evaluate": "evaluation.evaluation", "importance_log_weights": "evaluation.evaluation",
+    "log_likelihood": "evaluation.evaluation",
+    "LogLikelihoodWarning": "diagnostics.inference_data",
+    "to_inference_data": "diagnostics.inference_data",
+    "KLFallbackWarning": "estimators.kl",
+    "ModelGuidePair": "pair.pair", "load_pair": "pair.pair",
+    "load_params": "utils.params", "save_params": "utils.params",
+    "ParticleLoopWarning": "estimators.particles",
+    "compare_posteriors": "diagnostics.reference",
+    "reference_posterior": "diagnostics.reference",
+    "FitResult": "training.training", "StepInfo": "training.training",
+    "fit": "training.training",
+    "gradient_variance": "evaluation.variance",
 }
 
 
@@ -40,7 +45,7 @@ def __getattr__(name: str):
     if name in _HOME:
         module = importlib.import_module(f".{_HOME[name] or name}", __name__)
         value = module if _HOME[name] is None else getattr(module, name)
-    else:  # a submodule: ppl_vae.traces, ppl_vae.particles, ...
+    else:  # a subpackage: ppl_vae.training, ppl_vae.estimators, ...
         try:
             value = importlib.import_module(f".{name}", __name__)
         except ModuleNotFoundError:

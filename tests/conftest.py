@@ -1,6 +1,15 @@
-"""Shared test set-up: a clean Pyro param store and a fixed seed for every test."""
+"""Shared test set-up: a clean Pyro param store and a fixed seed for every test.
 
-import matplotlib
+Torch runs on one thread, in this process and in the ones the tests start (``OMP_NUM_THREADS``
+is inherited): the tests' tensors are small, ``make test`` runs one pytest worker per core
+(pytest-xdist), and torch's thread pool on contended cores spins instead of working.
+"""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, here or in children
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 
@@ -10,6 +19,8 @@ from importlib.metadata import version  # noqa: E402
 import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture(autouse=True)

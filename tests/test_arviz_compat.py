@@ -23,7 +23,7 @@ import ppl_vae
 from models import bernoulli_vae
 from ppl_vae import arviz_compat
 from tests.conftest import requires_arviz0, requires_arviz1
-from tests.test_diagnostics import global_model
+from tests.diagnostics.test_diagnostics import global_model
 
 
 def native_forest(posteriors: dict, **kwargs) -> None:

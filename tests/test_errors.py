@@ -23,9 +23,9 @@ import torch
 
 import ppl_vae
 from models import bernoulli_vae, linear_gaussian
-from ppl_vae.checkpoint import FILENAME
 from ppl_vae.cli import main
-from ppl_vae.runs import run_directory
+from ppl_vae.training.checkpoint import FILENAME
+from ppl_vae.utils.runs import run_directory
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -300,7 +300,7 @@ def test_overwrite_never_deletes_a_directory_that_is_not_a_run(tmp_path, capsys,
 def test_a_second_run_into_a_held_out_or_checkpoint_dir_is_refused(tmp_path, capsys):
     """While one run holds --out (or --checkpoint-dir), another is refused in one line; the
     lock is the OS's, so it ends with its holder."""
-    from ppl_vae.locks import exclusive, exclusive_directory
+    from ppl_vae.utils.locks import exclusive, exclusive_directory
 
     csv = _csv(tmp_path, _rows())
     args = ["train", *_model(LG), *_data(csv), "--steps", "2", "--batch-size", "8",
@@ -332,7 +332,7 @@ def test_a_run_left_retired_by_a_killed_overwrite_is_put_back(tmp_path, capsys):
 
 
 def test_exchange_swaps_two_directories_atomically(tmp_path):
-    from ppl_vae.locks import exchange
+    from ppl_vae.utils.locks import exchange
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -532,8 +532,8 @@ def test_a_nan_parameter_is_not_blamed_on_the_data_width(tmp_path):
 
 
 def test_a_checkpoint_with_fields_of_the_wrong_type_is_refused(tmp_path):
-    from ppl_vae.checkpoint import read_checkpoint
-    from ppl_vae.params import write_tensors
+    from ppl_vae.training.checkpoint import read_checkpoint
+    from ppl_vae.utils.params import write_tensors
 
     model, guide = ppl_vae.load_pair(LG, x_dim=5)
     x = torch.from_numpy(_rows())

@@ -11,7 +11,8 @@ through the functions here, so that nothing else depends on the ArviZ generation
   ``arviz_stats``, plots from ``arviz_plots`` returning a ``PlotCollection`` — :mod:`._arviz1`.
 
 This module picks one by the installed version and adds the generation-neutral parts. Plot
-functions return a matplotlib ``Figure`` under both.
+functions return a matplotlib ``Figure`` under both. A public module of the package root, below
+every layer. May import: nothing.
 """
 
 from __future__ import annotations

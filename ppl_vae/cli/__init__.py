@@ -1,4 +1,5 @@
-"""The ``ppl-vae`` command: a thin shell over the library.
+"""The ``ppl-vae`` command: a thin shell over the library. Only ``ppl_vae.__main__`` imports
+it. May import: every layer.
 
 User errors (any :class:`~ppl_vae.errors.PplVaeError`, bad arguments, and what the operating
 system refuses: a read-only or full disk) print one line on stderr, without terminal escape
@@ -13,7 +14,7 @@ import re
 import signal
 import sys
 
-from ..errors import PplVaeError
+from ..utils.errors import PplVaeError
 from . import compare, diagnose, train
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 import pyro
 import torch
 
-from ..data import Array, as_tensor, load_arrays, load_data
-from ..dataset import as_dataset
-from ..errors import DataError, OutputError, check_seed
-from ..estimators import ESTIMATORS
-from ..pair import ModelGuidePair, load_pair
-from ..params import load_params
-from ..runs import read_json
-from ..traces import run_pair
+from ..estimators.estimators import ESTIMATORS
+from ..pair.data import Array, as_tensor, load_arrays, load_data
+from ..pair.dataset import as_dataset
+from ..pair.pair import ModelGuidePair, load_pair
+from ..pair.traces import run_pair
+from ..utils.errors import DataError, OutputError, check_seed
+from ..utils.params import load_params
+from ..utils.runs import read_json
 
 
 def add_pair_options(parser: argparse.ArgumentParser) -> None:

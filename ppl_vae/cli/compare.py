@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..comparison import ComparisonSettings, compare_estimators
-from ..estimators import ESTIMATORS
-from ..runs import check_output
+from ..comparison.comparison import ComparisonSettings, compare_estimators
+from ..estimators.estimators import ESTIMATORS
+from ..utils.runs import check_output
 from .common import add_pair_options, add_run_options, command_line, load_inputs
 
 

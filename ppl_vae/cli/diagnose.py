@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from .. import arviz_compat
-from ..dataset import as_dataset
-from ..diagnostic_figures import gap_figure
-from ..diagnostics import vi_diagnostics
-from ..errors import DataError, PairError
-from ..gap import inference_gap
-from ..inference_data import OBS_DIM, to_inference_data
-from ..predictive import elpd, has_local_latents, pointwise_table
-from ..predictive import summary as elpd_summary
-from ..runs import check_output, run_directory, versions, write_json
-from ..sbc import calibration
+from ..diagnostics.diagnostic_figures import gap_figure
+from ..diagnostics.diagnostics import vi_diagnostics
+from ..diagnostics.inference_data import OBS_DIM, to_inference_data
+from ..diagnostics.sbc import calibration
+from ..evaluation.gap import inference_gap
+from ..evaluation.predictive import elpd, has_local_latents, pointwise_table
+from ..evaluation.predictive import summary as elpd_summary
+from ..pair.dataset import as_dataset
+from ..utils.errors import DataError, PairError
+from ..utils.runs import check_output, run_directory, versions, write_json
 from .common import command_line, load_run
 
 OUTPUTS = (

@@ -8,12 +8,12 @@ import sys
 import time
 from pathlib import Path
 
-from ..distributed import init_from_env, launch, leave
-from ..errors import CheckpointError, first_line
-from ..evaluation import evaluate, log_likelihood
-from ..params import save_params
-from ..runs import run_directory, versions, write_json
-from ..training import fit
+from ..evaluation.evaluation import evaluate, log_likelihood
+from ..training.distributed import init_from_env, launch, leave
+from ..training.training import fit
+from ..utils.errors import CheckpointError, first_line
+from ..utils.params import save_params
+from ..utils.runs import run_directory, versions, write_json
 from .common import (
     add_estimator_option,
     add_pair_options,

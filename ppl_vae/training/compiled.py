@@ -1,0 +1,270 @@
+r"""A compiled SVI step: the pair traced once to a graph of tensor operations, then compiled.
+
+Pyro's ELBOs build the objective anew on every step: the effect-handler stack runs the guide
+and the model, records their traces, computes the log-densities and sums them, all in Python.
+For a pair whose structure does not change between steps (the same sites, distributions,
+shapes and control flow on every minibatch) that Python work produces the same sequence of
+tensor operations every time. :func:`compile_elbo` records that sequence once
+(``torch.fx.experimental.proxy_tensor.make_fx``: every ATen operation of one run of the
+ELBO's loss and of the backward pass of its surrogate, with the parameters in Pyro's param
+store and the minibatch's tensors as the graph's inputs) and compiles it with
+``torch.compile`` (TorchInductor by default). A step then calls one compiled function of
+(parameters, minibatch) that returns the loss and the gradients of the surrogate loss, which
+are the ELBO's (Trace_ELBO: Kingma & Welling 2014; Ranganath et al. 2014 for score-function
+sites), without Pyro's handlers or torch's autograd engine running:
+
+.. math::
+    \mathrm{loss} = -\big[\textstyle\sum_{\text{model}} \log p - \sum_{\text{guide}} \log q\big],
+    \qquad \nabla\,\mathrm{surrogate} = -\nabla\,\mathrm{ELBO}.
+
+The optimizer step stays outside the graph (``fit``'s ``ForeachAdam`` or the user's), so
+optimizer state and checkpoints are those of the eager run.
+
+The random draws stay in the graph as ATen random operations on torch's global generator
+(Inductor's ``fallback_random``), so a compiled step draws exactly the noise the eager step
+draws, in the same order: a compiled run follows the eager run's numbers up to floating-point
+rounding of the fused kernels (bitwise with the ``"aot_eager"`` backend, which runs the same
+operations unfused), and its checkpoints resume it exactly.
+
+What cannot be compiled is caught before training: a pair whose control flow reads a tensor's
+value (``if x.sum() > 0``, ``.item()``) cannot be traced, and an operation that writes into a
+tensor the graph does not create (BatchNorm's running statistics) would be replayed on a
+stale copy; either makes :func:`compile_elbo` warn and return None, and ``fit`` trains eagerly.
+A minibatch of another shape or dtype than the traced one is refused at the step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable
+
+import pyro
+import pyro.infer
+import torch
+import torch.utils._pytree as pytree
+from pyro import poutine
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from ..pair.dataset import Batch
+from ..utils.errors import EstimatorError, PairError, PplVaeError, first_line
+from ..utils.rng import forked
+
+BACKENDS = ("inductor", "aot_eager", "eager")
+
+
+class CompileFallbackWarning(UserWarning):
+    """``compile=True`` could not compile the pair; ``fit`` trains with the eager step."""
+
+
+def check_options(compile: bool | str, *, jit: bool, kl_warmup: int,
+                  validate_every_step: bool) -> None:
+    """Refuse ``fit`` settings a compiled step cannot honour, before anything runs."""
+    if compile is False or compile is None:
+        return
+    if not (compile is True or isinstance(compile, str)):
+        raise PplVaeError(f"compile must be True, False or a backend name, not {compile!r}")
+    if compile is not True and compile not in BACKENDS:
+        raise PplVaeError(f"compile={compile!r} is not a backend; use True (TorchInductor) or "
+                          f"one of {list(BACKENDS)}")
+    clash = [name for name, on in (("jit=True", jit), (f"kl_warmup={kl_warmup}", kl_warmup),
+                                   ("validate_every_step=True", validate_every_step)) if on]
+    if clash:
+        raise PplVaeError(
+            f"compile cannot be combined with {', '.join(clash)}: the compiled step is traced "
+            "once (JIT is another compiler; KL warm-up changes the objective every step; Pyro's "
+            "validation runs in the Python that compiling removes); drop one of them"
+        )
+
+
+def check_compilable(elbo: pyro.infer.ELBO, backend: str) -> None:
+    """Refuse an ELBO (or backend) the compiled step does not support, naming what it does.
+
+    Raises:
+        EstimatorError: the ELBO is not a ``Trace_ELBO`` (``TraceMeanField_ELBO`` and the
+            estimators built on them), or it is already a JIT ELBO.
+    """
+    check_options(backend, jit=False, kl_warmup=0, validate_every_step=False)
+    jit = isinstance(elbo, pyro.infer.JitTrace_ELBO | pyro.infer.JitTraceMeanField_ELBO)
+    if jit or not isinstance(elbo, pyro.infer.Trace_ELBO):
+        raise EstimatorError(
+            f"compile=True compiles Trace_ELBO-type estimators (sampled, analytic, stl), not "
+            f"{type(elbo).__name__}; drop compile=True (and jit=True) for this estimator"
+        )
+
+
+class CompiledELBO:
+    """The compiled loss of one pair on minibatches shaped like the traced one.
+
+    ``loss_and_grads(model, guide, *args, **kwargs)`` has the meaning of the ELBO's: it
+    returns the loss (a float) and leaves the surrogate's gradients in ``.grad`` of
+    :attr:`params` (the store's live unconstrained tensors, the ones a step updates; those
+    the loss does not depend on, not in :attr:`trained`, keep ``.grad`` None).
+    ``compile_s`` is the time that tracing and compiling took, forward and backward.
+    """
+
+    def __init__(self, function: Callable, params: list[torch.Tensor],
+                 trained: list[torch.Tensor], signature: tuple, compile_s: float):
+        self.function, self.params, self.trained = function, params, trained
+        self.signature, self.compile_s = signature, compile_s
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        tensors, signature = _split(args, kwargs)
+        if signature != self.signature:
+            raise PplVaeError(
+                "the compiled step was traced for minibatches of another shape, dtype or "
+                "constant arguments; keep every minibatch alike or drop compile=True"
+            )
+        with torch.no_grad():  # the graph computes the gradients itself
+            loss, *grads = self.function(*self.params, *tensors)
+        for p, grad in zip(self.trained, grads, strict=True):
+            p.grad = grad
+        return float(loss)
+
+
+def compile_elbo(elbo: pyro.infer.ELBO, model, guide, x: Batch, backend: str = "inductor",
+                 processes: int = 1) -> CompiledELBO | None:
+    """Trace ``elbo``'s loss of the pair on minibatch ``x`` and compile it (see module doc).
+
+    Tracing and the first (compiling) call run outside torch's random streams and free the
+    gradients they leave, so the run draws what the eager run draws from its first step on.
+    Returns None, after a :class:`CompileFallbackWarning` naming the cause, for a pair that
+    cannot be compiled.
+    """
+    check_compilable(elbo, backend)
+    if processes > 1:
+        raise PplVaeError("compile=True runs in a single process; drop compile or nproc")
+    started = time.perf_counter()
+    with forked(), pyro.validation_enabled(False):
+        names = _param_names(elbo, model, guide, x)
+        store = pyro.get_param_store()
+        params = list({id(p): p for p in (store[n].unconstrained() for n in names)}.values())
+        tensors, signature = _split(x.args, x.kwargs)
+        try:
+            graph, trained = _trace(elbo, model, guide, x, params, tensors, names)
+            function = _compiled(graph, backend)
+            with torch.no_grad():
+                function(*params, *tensors)  # compiles
+        except PplVaeError as e:
+            _fall_back(str(e))
+            return None
+        except Exception as e:  # torch's tracing and compiler errors have no common base
+            _fall_back(f"{type(e).__name__}: {first_line(e)}")
+            return None
+        finally:
+            for p in params:
+                p.grad = None
+    return CompiledELBO(function, params, trained, signature, time.perf_counter() - started)
+
+
+def _loss(elbo: pyro.infer.ELBO, model, guide, args, kwargs):
+    """(loss, surrogate loss) of ``elbo`` as tensors: ``Trace_ELBO.loss_and_grads`` without
+    the backward pass, its particles (vectorized: one) averaged."""
+    loss, surrogate = 0.0, 0.0
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        particle, surrogate_particle = elbo._differentiable_loss_particle(model_trace, guide_trace)
+        loss = loss + particle / elbo.num_particles
+        surrogate = surrogate + surrogate_particle / elbo.num_particles
+    return torch.as_tensor(loss), torch.as_tensor(surrogate)
+
+
+def _param_names(elbo, model, guide, x: Batch) -> list[str]:
+    """The names of the parameters one run of the loss reads, in a fixed order."""
+    with torch.no_grad(), poutine.trace(param_only=True) as capture, _tensor_items(elbo):
+        _loss(elbo, model, guide, x.args, x.kwargs)
+    return sorted(capture.trace.nodes)
+
+
+def _trace(elbo, model, guide, x: Batch, params, tensors, names):
+    """The graph of one run of the loss and its gradients, inputs (params, minibatch tensors),
+    outputs (loss, the gradient of each parameter that has one); and those parameters."""
+    spec = pytree.tree_structure((x.args, x.kwargs))
+    leaves = pytree.tree_leaves((x.args, x.kwargs))
+    trained = []
+
+    def loss_and_grads(*inputs):
+        batch = iter(inputs[len(params):])
+        flat = [next(batch) if isinstance(v, torch.Tensor) else v for v in leaves]
+        args, kwargs = pytree.tree_unflatten(flat, spec)
+        loss, surrogate = _loss(elbo, model, guide, args, kwargs)
+        grads = [None] * len(params)
+        if surrogate.requires_grad:
+            grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+        trained[:] = [p for p, g in zip(params, grads, strict=True) if g is not None]
+        return loss.detach(), *(g for g in grads if g is not None)
+
+    with poutine.trace(param_only=True) as capture, _tensor_items(elbo):
+        try:
+            graph = make_fx(loss_and_grads)(*params, *tensors)
+        except RuntimeError as e:
+            if "_local_scalar_dense" not in str(e):
+                raise
+            raise PairError(
+                "the pair reads a tensor's value in Python (an `if` on a tensor, .item(), "
+                "float(...)), so its steps differ with the data and cannot be traced once"
+            ) from e
+    if sorted(capture.trace.nodes) != names:
+        raise PairError("the pair reads other parameters on other runs")
+    _check_mutations(graph)
+    return graph, trained
+
+
+def _check_mutations(graph: torch.fx.GraphModule) -> None:
+    """Refuse a graph that writes into a tensor it does not create (an input or a constant:
+    BatchNorm's running statistics, a counter), which replaying the graph would not keep."""
+    outside = {n for n in graph.graph.nodes if n.op in ("placeholder", "get_attr")}
+    for node in graph.graph.nodes:
+        schema = getattr(node.target, "_schema", None)
+        if node.op != "call_function" or schema is None or not schema.is_mutable:
+            continue
+        written = [a for a, arg in zip(node.args, schema.arguments, strict=False)
+                   if arg.alias_info is not None and arg.alias_info.is_write]
+        if any(a in outside for a in written):
+            raise PairError(
+                f"the pair writes into a tensor in place ({node.target}), e.g. BatchNorm's "
+                "running statistics, which a compiled step cannot replay"
+            )
+
+
+def _compiled(graph: torch.fx.GraphModule, backend: str) -> Callable:
+    """``torch.compile`` of the traced graph: whole (no graph breaks), static shapes, random
+    operations left to torch's generator so that the draws are the eager ones."""
+    options = {"options": {"fallback_random": True}} if backend == "inductor" else {}
+    return torch.compile(graph, backend=backend, fullgraph=True, dynamic=False, **options)
+
+
+@contextlib.contextmanager
+def _tensor_items(elbo: pyro.infer.ELBO):
+    """While tracing, the ELBO's ``torch_item`` (its loss as a Python float) returns the tensor,
+    so that the loss is a graph output rather than a constant of the traced run."""
+    scope = type(elbo)._differentiable_loss_particle.__globals__
+    saved = scope.get("torch_item")
+    if saved is not None:
+        scope["torch_item"] = lambda value: value
+    try:
+        yield
+    finally:
+        if saved is not None:
+            scope["torch_item"] = saved
+
+
+def _split(args: tuple, kwargs: dict) -> tuple[list[torch.Tensor], tuple]:
+    """The tensors among the arguments, and what the graph was traced for: each tensor's shape,
+    dtype and device, and every other argument's value."""
+    leaves = pytree.tree_leaves((args, kwargs))
+    tensors = [v for v in leaves if isinstance(v, torch.Tensor)]
+    signature = tuple(
+        (tuple(v.shape), v.dtype, v.device) if isinstance(v, torch.Tensor) else ("value", v)
+        for v in leaves
+    )
+    return tensors, (pytree.tree_structure((args, kwargs)), signature)
+
+
+def _fall_back(reason: str) -> None:
+    warnings.warn(
+        f"compile=True could not compile this pair ({reason}); training with the eager step "
+        "instead (the same numbers, without the speed-up)",
+        CompileFallbackWarning,
+        stacklevel=4,
+    )
