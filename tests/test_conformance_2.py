@@ -260,7 +260,7 @@ def test_npz_data_files_keep_their_integer_and_bool_arrays(pv, tmp_path):
     # issue 20, item 5: "the CLI's file loading keeps what the file holds"
     path = tmp_path / "data.npz"
     np.savez(path, x=np.zeros((4, 2), np.float32), idx=np.arange(4), has_y=np.ones(4, bool))
-    arrays = pv.data.load_arrays(path)
+    arrays = pv.pair.data.load_arrays(path)
     assert {k: v.dtype for k, v in arrays.items()} == {
         "x": torch.float32, "idx": torch.int64, "has_y": torch.bool}
 

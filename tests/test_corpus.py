@@ -9,7 +9,7 @@ idioms; at the pair's starting parameters ppl_vae's numbers are compared with Py
   ``"analytic"`` with ``TraceMeanField_ELBO`` where it is the same objective, ``"enum"`` with
   ``TraceEnum_ELBO`` where sites are marked for enumeration;
 - the importance log weights of the whole data set (``importance_log_weights`` summed over
-  the rows, or ``ppl_vae.evaluation.log_weights(...).joint`` with global latents) with
+  the rows, or ``ppl_vae.evaluation.evaluation.log_weights(...).joint`` with global latents) with
   ``vectorized_importance_weights``: their mean (the ELBO) and their log-mean-exp (the
   K-sample estimate of log p(X));
 - with only local latents, row n's ELBO with Pyro's on the data of row n alone, and

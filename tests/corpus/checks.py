@@ -21,6 +21,7 @@ taken as at least Pyro's (the same distribution), so a wrong se cannot narrow a 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import warnings
 
@@ -93,8 +94,8 @@ def ppl_log_weights(pv, pair: CorpusPair, num_samples: int, batch_size: int = 25
         if pair.global_latents:
             how = dict(batch_size=batch_size, particle_batch=num_samples, seed=seed,
                        model_kwargs=pair.model_kwargs)
-            weights = pv.evaluation.log_weights(pair.model, pair.guide, pair.data, num_samples,
-                                                how)
+            evaluation = importlib.import_module("ppl_vae.evaluation.evaluation")
+            weights = evaluation.log_weights(pair.model, pair.guide, pair.data, num_samples, how)
             return weights.joint.double().numpy()
         local = pv.importance_log_weights(pair.model, pair.guide, pair.data, num_samples,
                                           batch_size=batch_size, particle_batch=num_samples,

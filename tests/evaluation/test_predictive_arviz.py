@@ -25,7 +25,7 @@ from ppl_vae.diagnostics.inference_data import LogLikelihoodWarning
 from ppl_vae.evaluation.predictive import loo_pit_log_weights
 from tests.conformance import regression
 from tests.conftest import requires_arviz0
-from tests.test_diagnostics import global_model
+from tests.diagnostics.test_diagnostics import global_model
 
 
 @pytest.fixture(scope="module")
