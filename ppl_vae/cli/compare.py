@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..comparison.comparison import ComparisonSettings, compare_estimators
 from ..estimators.estimators import ESTIMATORS
 from ..utils.runs import check_output
 from .common import add_pair_options, add_run_options, command_line, load_inputs
@@ -69,6 +68,9 @@ def register(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # imported here, so that starting the other commands does not load the report's plotting
+    from ..comparison.comparison import ComparisonSettings, compare_estimators
+
     check_output(args.out, args.overwrite)  # refuses a taken OUT before hours of training
     inputs = load_inputs(args)
     model, guide = inputs.pair

@@ -310,6 +310,6 @@ def test_bad_arguments(options, message):
 
 def test_the_public_name_is_the_function_after_the_command_line_is_imported():
     import ppl_vae
-    import ppl_vae.cli.diagnose  # noqa: F401  imports the module that defines it
+    import ppl_vae.cli.diagnose_run  # noqa: F401  imports the module that runs it
 
     assert ppl_vae.calibration is calibration and callable(ppl_vae.calibration)
