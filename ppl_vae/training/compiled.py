@@ -17,8 +17,13 @@ sites), without Pyro's handlers or torch's autograd engine running:
     \mathrm{loss} = -\big[\textstyle\sum_{\text{model}} \log p - \sum_{\text{guide}} \log q\big],
     \qquad \nabla\,\mathrm{surrogate} = -\nabla\,\mathrm{ELBO}.
 
-The optimizer step stays outside the graph (``fit``'s ``ForeachAdam`` or the user's), so
-optimizer state and checkpoints are those of the eager run.
+With ``fit``'s default optimizer (:class:`~ppl_vae.optim.ForeachAdam`) the Adam update is
+part of the compiled function too (:func:`~ppl_vae.optim.adam_update`: the operations of
+``torch.optim.Adam``, on the optimizer's own moment and step tensors, updated in place), and
+so is the check that the loss and every gradient are finite: a step is one call that returns
+(loss, finite) and has applied nothing unless finite. Optimizer state and checkpoints are the
+eager run's. Another optimizer (the user's ``optim``), and parameters on a GPU, keep the
+update outside: the call returns the gradients and ``fit`` steps the optimizer.
 
 The random draws stay in the graph as ATen random operations on torch's global generator
 (Inductor's ``fallback_random``), so a compiled step draws exactly the noise the eager step
@@ -47,6 +52,7 @@ import torch.utils._pytree as pytree
 from pyro import poutine
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ..optim import AdamTensors, ForeachAdam, adam_update
 from ..pair.dataset import Batch
 from ..utils.errors import EstimatorError, PairError, PplVaeError, first_line
 from ..utils.rng import forked
@@ -105,32 +111,88 @@ class CompiledELBO:
     """
 
     def __init__(self, function: Callable, params: list[torch.Tensor],
-                 trained: list[torch.Tensor], signature: tuple, compile_s: float):
+                 trained: list[torch.Tensor], signature: tuple, compile_s: float,
+                 update: _Update | None = None):
         self.function, self.params, self.trained = function, params, trained
-        self.signature, self.compile_s = signature, compile_s
+        self.signature, self.compile_s, self.update = signature, compile_s, update
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        if self.update is not None:
+            raise PplVaeError("this compiled step applies the optimizer itself; call step()")
+        with torch.no_grad():  # the graph computes the gradients itself
+            loss, *grads = self.function(*self.params, *self._tensors(args, kwargs))
+        for p, grad in zip(self.trained, grads, strict=True):
+            p.grad = grad
+        return float(loss)
+
+    def step(self, model, guide, *args, **kwargs) -> tuple[float, bool]:
+        """One whole step, the optimizer's update included (``update`` set): (loss, whether
+        the loss and every gradient were finite, i.e. whether the update was applied)."""
+        tensors = self._tensors(args, kwargs)
+        with torch.no_grad():
+            loss, finite = self.function(*self.params, *tensors, *self.update.inputs())
+        return float(loss), bool(finite)
+
+    def _tensors(self, args: tuple, kwargs: dict) -> list[torch.Tensor]:
         tensors, signature = _split(args, kwargs)
         if signature != self.signature:
             raise PplVaeError(
                 "the compiled step was traced for minibatches of another shape, dtype or "
                 "constant arguments; keep every minibatch alike or drop compile=True"
             )
-        with torch.no_grad():  # the graph computes the gradients itself
-            loss, *grads = self.function(*self.params, *tensors)
-        for p, grad in zip(self.trained, grads, strict=True):
-            p.grad = grad
-        return float(loss)
+        return tensors
+
+
+class _Update:
+    """The optimizer's part of a compiled step: its state tensors and learning rate as the
+    function's last inputs."""
+
+    def __init__(self, optim: ForeachAdam, trained: list[torch.Tensor]):
+        self.optim, self.state = optim, optim.state_tensors(trained)
+        self.lr = torch.tensor(optim.lr(), dtype=torch.float64)
+
+    def inputs(self) -> list[torch.Tensor]:
+        lr = self.optim.lr()
+        if lr != float(self.lr):
+            self.lr.fill_(lr)
+        return [*self.state.flat(), self.lr]
+
+
+def _fusable(optim, params: list[torch.Tensor]) -> bool:
+    """Whether the optimizer's update can run in the compiled function (see module doc)."""
+    return (isinstance(optim, ForeachAdam) and optim.fusable() is None
+            and all(p.device.type == "cpu" for p in params))
+
+
+def _with_update(graph: Callable, n_params: int, trained_index: list[int],
+                 state: AdamTensors) -> Callable:
+    """``graph`` (params, tensors -> loss, gradients) followed by the finite check and the
+    Adam update: a function of (params, tensors, state tensors, lr) -> (loss, finite)."""
+    n_state = len(state.flat())
+
+    def step(*inputs):
+        params, lr = inputs[:n_params], inputs[-1]
+        loss, *grads = graph(*inputs[:-n_state - 1])
+        finite = torch.isfinite(loss)
+        for grad in grads:
+            finite = finite & torch.isfinite(grad).all()
+        adam_update([params[i] for i in trained_index], grads,
+                    state.unflat(list(inputs[-n_state - 1:-1])), lr, finite)
+        return loss, finite
+
+    return step
 
 
 def compile_elbo(elbo: pyro.infer.ELBO, model, guide, x: Batch, backend: str = "inductor",
-                 processes: int = 1) -> CompiledELBO | None:
-    """Trace ``elbo``'s loss of the pair on minibatch ``x`` and compile it (see module doc).
+                 processes: int = 1, optim: pyro.optim.PyroOptim | None = None
+                 ) -> CompiledELBO | None:
+    """Trace ``elbo``'s loss of the pair on minibatch ``x`` and compile it (see module doc),
+    with ``optim``'s update when it is a :class:`~ppl_vae.optim.ForeachAdam` it can run.
 
-    Tracing and the first (compiling) call run outside torch's random streams and free the
-    gradients they leave, so the run draws what the eager run draws from its first step on.
-    Returns None, after a :class:`CompileFallbackWarning` naming the cause, for a pair that
-    cannot be compiled.
+    Tracing and the first (compiling) call run outside torch's random streams, on copies of
+    the parameters and optimizer state, and free the gradients they leave, so the run draws
+    what the eager run draws from its first step on. Returns None, after a
+    :class:`CompileFallbackWarning` naming the cause, for a pair that cannot be compiled.
     """
     check_compilable(elbo, backend)
     if processes > 1:
@@ -143,9 +205,18 @@ def compile_elbo(elbo: pyro.infer.ELBO, model, guide, x: Batch, backend: str = "
         tensors, signature = _split(x.args, x.kwargs)
         try:
             graph, trained = _trace(elbo, model, guide, x, params, tensors, names)
+            update, inputs = None, [*params, *tensors]
+            if _fusable(optim, params):
+                update = _Update(optim, trained)
+                index = {id(p): i for i, p in enumerate(params)}
+                step = _with_update(graph, len(params), [index[id(p)] for p in trained],
+                                    update.state)
+                inputs = [_copy(v) for v in (*params, *tensors, *update.inputs())]
+                with torch.no_grad():  # one graph of its own (torch.compile caches per code)
+                    graph = make_fx(step)(*[_copy(v) for v in inputs])
             function = _compiled(graph, backend)
             with torch.no_grad():
-                function(*params, *tensors)  # compiles
+                function(*inputs)  # compiles
         except PplVaeError as e:
             _fall_back(str(e))
             return None
@@ -155,7 +226,8 @@ def compile_elbo(elbo: pyro.infer.ELBO, model, guide, x: Batch, backend: str = "
         finally:
             for p in params:
                 p.grad = None
-    return CompiledELBO(function, params, trained, signature, time.perf_counter() - started)
+    return CompiledELBO(function, params, trained, signature, time.perf_counter() - started,
+                        update)
 
 
 def _loss(elbo: pyro.infer.ELBO, model, guide, args, kwargs):
@@ -227,7 +299,12 @@ def _check_mutations(graph: torch.fx.GraphModule) -> None:
             )
 
 
-def _compiled(graph: torch.fx.GraphModule, backend: str) -> Callable:
+def _copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy to compile on, alike in everything ``torch.compile`` guards on."""
+    return tensor.detach().clone().requires_grad_(tensor.requires_grad)
+
+
+def _compiled(graph: Callable, backend: str) -> Callable:
     """``torch.compile`` of the traced graph: whole (no graph breaks), static shapes, random
     operations left to torch's generator so that the draws are the eager ones."""
     options = {"options": {"fallback_random": True}} if backend == "inductor" else {}

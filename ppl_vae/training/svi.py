@@ -146,6 +146,8 @@ def svi_step(elbo, optim, model, guide, x: Batch, group: distributed.World,
     ``step_params`` finds the parameters the step read (see ``ppl_vae.step_params``); with
     several processes, gradients and loss are averaged over them first (by name order).
     """
+    if getattr(elbo, "update", None) is not None:  # a compiled step that applies the update
+        return elbo.step(model, guide, *x.args, **x.kwargs)
     params = getattr(elbo, "params", None)  # a compiled ELBO knows its parameters
     if params is None:
         loss, params = (step_params or StepParams()).loss_and_grads(elbo, model, guide, x)

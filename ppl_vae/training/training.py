@@ -255,7 +255,7 @@ def _setup(model, guide, dataset, record, saver, optim, num_steps, device, stric
         saver.restore(where, optim, state, num_steps)
     if options.get("compile"):  # after restoring: traced on the parameters it trains
         elbo = compile_elbo(elbo, model, guide, dataset.head(batch_size), options["compile"],
-                            processes=group.size) or elbo
+                            processes=group.size, optim=optim) or elbo
     trainer = Trainer(model, guide, elbo, optim, dataset, group, beta, options["kl_warmup"],
                       per_datapoint, device, saver)
     return trainer, state, sites

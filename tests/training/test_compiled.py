@@ -60,6 +60,27 @@ def test_aot_eager_backend_is_bitwise_the_eager_step(binary_digits, estimator):
     assert eager.history["elbo"].iloc[-5:].mean() > eager.history["elbo"].iloc[:5].mean()
 
 
+def test_the_optimizer_in_the_graph_clips_and_stops_as_the_eager_step(binary_digits):
+    """The update runs in the compiled function: with clipping it is bitwise the eager step,
+    a user's optimizer stays outside the graph, and a step whose gradients overflow applies
+    nothing, so the parameters left in the store are the eager run's, bitwise."""
+    data = binary_digits[0]
+    clipped = vae_fit(data, clip_norm=0.5, compile="aot_eager")
+    assert clipped.compile_s > 0
+    assert_same_params(clipped.params, vae_fit(data, clip_norm=0.5).params)
+    pyro_adam = pyro.optim.Adam({"lr": 3e-3})
+    assert_same_params(vae_fit(data, optim=pyro_adam, compile="aot_eager").params,
+                       vae_fit(data).params)
+    left = []
+    for options in ({}, {"compile": "aot_eager"}):
+        with pytest.raises(ppl_vae.NumericalError, match="stopped at step 2") as error:
+            vae_fit(data, lr=1e30, **options)
+        assert len(error.value.history) == 1
+        left.append({k: v.detach().clone() for k, v in
+                     pyro.get_param_store().named_parameters()})
+    assert_same_params(*left)
+
+
 def test_inductor_equals_eager_up_to_rounding_and_resumes_exactly(binary_digits, tmp_path):
     data = binary_digits[0]
     eager = vae_fit(data)

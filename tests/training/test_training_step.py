@@ -3,6 +3,8 @@
 - The default optimizer, :class:`ppl_vae.optim.ForeachAdam` (one multi-tensor Adam over all
   parameters), gives bitwise the parameters of Pyro's per-parameter ``pyro.optim.Adam``, with
   and without per-parameter gradient clipping, and its state loads into Pyro's and back.
+- :func:`ppl_vae.optim.adam_update` (the compiled step's in-graph Adam) gives bitwise the same
+  numbers, run eagerly, and applies nothing where told the step was not finite.
 - Pyro's validation runs on the first step of a call only (unless ``validate_every_step``);
   that changes no number, and a parameter that leaves its support later is still named.
 - Whole runs equal a bare ``SVI.step`` loop over the same minibatches (a noise-free pair).
@@ -21,7 +23,7 @@ from torch.distributions import constraints
 
 import ppl_vae
 from ppl_vae.cli import main
-from ppl_vae.optim import ForeachAdam
+from ppl_vae.optim import ForeachAdam, adam_update
 from tests.pairs import delta_pair, drifting_scale_pair
 
 STEPS, BATCH, LR = 40, 64, 3e-3
@@ -79,6 +81,50 @@ def test_a_parameter_without_gradient_is_left_alone():
     """``b`` gets no gradient on even steps: both optimizers skip it then, moments included."""
     assert_same_params(quadratic_run(ForeachAdam({"lr": 0.01}), 9),
                        quadratic_run(pyro.optim.Adam({"lr": 0.01}), 9))
+
+
+class FunctionalAdam:
+    """:func:`adam_update` on :meth:`ForeachAdam.state_tensors`, called like a PyroOptim."""
+
+    def __init__(self, optim_args: dict, clip_args: dict | None = None):
+        self.optim = ForeachAdam(optim_args, clip_args)
+
+    def __call__(self, params: list[torch.Tensor]) -> None:
+        stepped = [p for p in params if p.grad is not None]
+        lr = torch.tensor(self.optim.lr(), dtype=torch.float64)
+        with torch.no_grad():
+            adam_update(stepped, [p.grad for p in stepped], self.optim.state_tensors(stepped),
+                        lr, torch.tensor(True))
+
+
+@pytest.mark.parametrize(("args", "clip"), [
+    ({"lr": 0.01}, {}),
+    ({"lr": 0.02, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1}, {}),
+    ({"lr": 0.01, "amsgrad": True}, {"clip_norm": 3.0}),
+])
+def test_functional_adam_is_pyro_adam_bitwise(args, clip):
+    """The compiled step's Adam, run eagerly, on the quadratic loss (a parameter skipped on
+    even steps included): bitwise ``pyro.optim.Adam``'s parameters and state."""
+    ours = FunctionalAdam(args, clip)
+    theirs = pyro.optim.Adam(args, clip)
+    params, mine = quadratic_run(ours, 9), ours.optim.get_state()
+    assert_same_params(params, quadratic_run(theirs, 9))
+    pyros = theirs.get_state()
+    assert mine.keys() == pyros.keys() == {"a", "b"}
+    for name in mine:
+        for key, value in pyros[name]["state"][0].items():
+            assert torch.equal(mine[name]["state"][0][key], value), (name, key)
+
+
+def test_functional_adam_applies_nothing_when_not_finite():
+    a = torch.randn(5, requires_grad=True)
+    optim = ForeachAdam({"lr": 0.1})
+    state = optim.state_tensors([a])
+    before = [t.clone() for t in (a, *state.flat())]
+    with torch.no_grad():
+        adam_update([a], [torch.full((5,), float("nan"))], state,
+                    torch.tensor(0.1, dtype=torch.float64), torch.tensor(False))
+    assert all(torch.equal(x, y) for x, y in zip((a, *state.flat()), before, strict=True))
 
 
 @pytest.mark.parametrize("first", [ForeachAdam, pyro.optim.Adam])
