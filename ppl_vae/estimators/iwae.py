@@ -118,6 +118,42 @@ class IWAE_ELBO(pyro.infer.RenyiELBO):
             vectorize_particles=vectorize_particles,
         )
 
+    def log_weights(self, model, guide, args: tuple, kwargs: dict
+                    ) -> tuple[torch.Tensor, set[str], set[str]]:
+        """(log w_k = log p(x, z_k) − log q(z_k|x) with the particles on dim 0, per row where
+        every site lies in the data plate, as ``RenyiELBO`` sums them; the names of the
+        parameters the guide reads; those only the model reads)."""
+        log_w, guide_names, model_names = [], set(), set()
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+            particle = 0.0
+            for site in model_trace.nodes.values():
+                if site["type"] == "sample":
+                    particle = particle + torch_sum(site["log_prob"], sum_dims)
+            for site in guide_trace.nodes.values():
+                if site["type"] == "sample":
+                    particle = particle - torch_sum(site["score_parts"].entropy_term, sum_dims)
+            log_w.append(particle)
+            guide_reads, model_reads = parameter_roles(model_trace, guide_trace)
+            guide_names |= guide_reads
+            model_names |= model_reads
+        log_w = log_w[0] if self.vectorize_particles else torch.stack(log_w)
+        return log_w, guide_names, model_names
+
+    def surrogates(self, model, guide, args: tuple, kwargs: dict
+                   ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, set[str] | None]]]:
+        r"""(minus the bound summed over the rows, [(a surrogate loss, the names of the
+        parameters it differentiates, None for all)]): here one, :math:`-\sum_k
+        \mathrm{sg}(\tilde w_k) \log w_k`, whose gradient is the IWAE gradient (module doc).
+        The compiled step (``fit(compile=True)``) traces this; eagerly the estimator is
+        ``RenyiELBO(alpha=0)``'s own ``loss_and_grads``."""
+        log_w, _, _ = self.log_weights(model, guide, args, kwargs)
+        weights = torch.softmax(log_w.detach(), dim=0)
+        return -self._bound(log_w).sum(), [(-(weights * log_w).sum(), None)]
+
+    def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        return torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
+
 
 class DReG_ELBO(IWAE_ELBO):
     """The IWAE bound (``RenyiELBO(alpha=0)``'s value) with the doubly reparameterized encoder
@@ -134,29 +170,22 @@ class DReG_ELBO(IWAE_ELBO):
         stop_score_terms(guide_trace)
         return model_trace, guide_trace
 
+    def surrogates(self, model, guide, args: tuple, kwargs: dict
+                   ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, set[str] | None]]]:
+        """(minus the IWAE bound summed over the rows, [(minus the bound, the parameters only
+        the model reads), (minus the squared-weight surrogate, the guide's parameters)])."""
+        log_w, guide_names, model_names = self.log_weights(model, guide, args, kwargs)
+        loss = -self._bound(log_w).sum()
+        return loss, [(loss, model_names),
+                      (-squared_weight_surrogate(log_w, dim=0).sum(), guide_names)]
+
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """Minus the IWAE bound (summed over the rows); leaves the DReG gradient in ``.grad``
         of the guide's parameters and the IWAE gradient in that of the model's."""
-        log_w, guide_params, model_params = [], set(), set()
-        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
-            sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-            particle = 0.0
-            for site in model_trace.nodes.values():
-                if site["type"] == "sample":
-                    particle = particle + torch_sum(site["log_prob"], sum_dims)
-            for site in guide_trace.nodes.values():
-                if site["type"] == "sample":
-                    particle = particle - torch_sum(site["score_parts"].entropy_term, sum_dims)
-            log_w.append(particle)
-            guide_names, model_names = parameter_roles(model_trace, guide_trace)
-            for names, trace, into in ((guide_names, guide_trace, guide_params),
-                                       (model_names, model_trace, model_params)):
-                into.update(trace.nodes[n]["value"].unconstrained() for n in names)
-        log_w = log_w[0] if self.vectorize_particles else torch.stack(log_w)
-        bound = torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)
-        if model_params and bound.requires_grad:
-            torch.autograd.backward(-bound.sum(), inputs=list(model_params), retain_graph=True)
-        surrogate = squared_weight_surrogate(log_w, dim=0)
-        if guide_params and surrogate.requires_grad:
-            torch.autograd.backward(-surrogate.sum(), inputs=list(guide_params))
-        return -torch_item(bound.sum())
+        loss, parts = self.surrogates(model, guide, args, kwargs)
+        store = pyro.get_param_store()
+        for surrogate, names in parts:
+            inputs = list({id(p): p for p in (store[n].unconstrained() for n in names)}.values())
+            if inputs and surrogate.requires_grad:
+                torch.autograd.backward(surrogate, inputs=inputs, retain_graph=True)
+        return torch_item(loss)

@@ -52,6 +52,7 @@ import torch.utils._pytree as pytree
 from pyro import poutine
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from ..estimators.iwae import IWAE_ELBO
 from ..optim import AdamTensors, ForeachAdam, adam_update
 from ..pair.dataset import Batch
 from ..utils.errors import EstimatorError, PairError, PplVaeError, first_line
@@ -92,10 +93,18 @@ def check_compilable(elbo: pyro.infer.ELBO, backend: str) -> None:
             estimators built on them), or it is already a JIT ELBO.
     """
     check_options(backend, jit=False, kl_warmup=0, validate_every_step=False)
-    jit = isinstance(elbo, pyro.infer.JitTrace_ELBO | pyro.infer.JitTraceMeanField_ELBO)
-    if jit or not isinstance(elbo, pyro.infer.Trace_ELBO):
+    if isinstance(elbo, pyro.infer.TraceEnum_ELBO):
         raise EstimatorError(
-            f"compile=True compiles Trace_ELBO-type estimators (sampled, analytic, stl), not "
+            "compile=True cannot trace TraceEnum_ELBO (estimator 'enum') once: Pyro's "
+            "enumerated sum (pyro.infer.util.Dice.compute_expectation) chooses on every step, "
+            "from the values of the enumerated probabilities, whether to drop zero-probability "
+            "terms, a tensor of data-dependent size; drop compile=True for this estimator"
+        )
+    jit = isinstance(elbo, pyro.infer.JitTrace_ELBO | pyro.infer.JitTraceMeanField_ELBO)
+    if jit or not isinstance(elbo, pyro.infer.Trace_ELBO | IWAE_ELBO):
+        raise EstimatorError(
+            f"compile=True compiles Trace_ELBO-type and importance-weighted estimators (sampled, "
+            f"analytic, stl, iwae, dreg), not "
             f"{type(elbo).__name__}; drop compile=True (and jit=True) for this estimator"
         )
 
@@ -230,15 +239,20 @@ def compile_elbo(elbo: pyro.infer.ELBO, model, guide, x: Batch, backend: str = "
                         update)
 
 
-def _loss(elbo: pyro.infer.ELBO, model, guide, args, kwargs):
-    """(loss, surrogate loss) of ``elbo`` as tensors: ``Trace_ELBO.loss_and_grads`` without
-    the backward pass, its particles (vectorized: one) averaged."""
+def _loss(elbo: pyro.infer.ELBO, model, guide, args, kwargs
+          ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, set[str] | None]]]:
+    """(loss, [(surrogate loss, the names of the parameters it differentiates, None for all)])
+    of ``elbo`` as tensors: ``Trace_ELBO.loss_and_grads`` without the backward pass, its
+    particles (vectorized: one) averaged; the importance-weighted estimators' own
+    ``surrogates``."""
+    if isinstance(elbo, IWAE_ELBO):
+        return elbo.surrogates(model, guide, args, kwargs)
     loss, surrogate = 0.0, 0.0
     for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
         particle, surrogate_particle = elbo._differentiable_loss_particle(model_trace, guide_trace)
         loss = loss + particle / elbo.num_particles
         surrogate = surrogate + surrogate_particle / elbo.num_particles
-    return torch.as_tensor(loss), torch.as_tensor(surrogate)
+    return torch.as_tensor(loss), [(torch.as_tensor(surrogate), None)]
 
 
 def _param_names(elbo, model, guide, x: Batch) -> list[str]:
@@ -251,6 +265,8 @@ def _param_names(elbo, model, guide, x: Batch) -> list[str]:
 def _trace(elbo, model, guide, x: Batch, params, tensors, names):
     """The graph of one run of the loss and its gradients, inputs (params, minibatch tensors),
     outputs (loss, the gradient of each parameter that has one); and those parameters."""
+    store = pyro.get_param_store()
+    by_name = {n: store[n].unconstrained() for n in names}
     spec = pytree.tree_structure((x.args, x.kwargs))
     leaves = pytree.tree_leaves((x.args, x.kwargs))
     trained = []
@@ -259,10 +275,16 @@ def _trace(elbo, model, guide, x: Batch, params, tensors, names):
         batch = iter(inputs[len(params):])
         flat = [next(batch) if isinstance(v, torch.Tensor) else v for v in leaves]
         args, kwargs = pytree.tree_unflatten(flat, spec)
-        loss, surrogate = _loss(elbo, model, guide, args, kwargs)
+        loss, parts = _loss(elbo, model, guide, args, kwargs)
         grads = [None] * len(params)
-        if surrogate.requires_grad:
-            grads = torch.autograd.grad(surrogate, params, allow_unused=True)
+        for surrogate, subset in parts:
+            index = [i for i, p in enumerate(params)
+                     if subset is None or any(by_name[n] is p for n in subset)]
+            if index and surrogate.requires_grad:
+                found = torch.autograd.grad(surrogate, [params[i] for i in index],
+                                            allow_unused=True, retain_graph=True)
+                for i, g in zip(index, found, strict=True):
+                    grads[i] = g if grads[i] is None or g is None else grads[i] + g
         trained[:] = [p for p, g in zip(params, grads, strict=True) if g is not None]
         return loss.detach(), *(g for g in grads if g is not None)
 
@@ -315,7 +337,8 @@ def _compiled(graph: Callable, backend: str) -> Callable:
 def _tensor_items(elbo: pyro.infer.ELBO):
     """While tracing, the ELBO's ``torch_item`` (its loss as a Python float) returns the tensor,
     so that the loss is a graph output rather than a constant of the traced run."""
-    scope = type(elbo)._differentiable_loss_particle.__globals__
+    method = getattr(type(elbo), "_differentiable_loss_particle", None)
+    scope = method.__globals__ if method is not None else {}
     saved = scope.get("torch_item")
     if saved is not None:
         scope["torch_item"] = lambda value: value
