@@ -11,6 +11,8 @@ written to ``benchmarks/results/tables.md``, or ``tables-SECTION.md`` with ``--o
 - ``scaling``: steps/s against batch size, latent size and number of latent sites
   (``scaling.csv``; the figure ``docs/figures/scaling.png``);
 - ``profile``: where a ``fit`` step's time goes (cProfile, digits-size model);
+- ``handlers``: an eager step layer by layer, from the networks' forward passes through
+  Pyro's handlers to ``fit``'s step, microseconds per call (``benchmarks/handlers.py``);
 - ``vectorized``: ``log_likelihood`` (K = 1000, digits test split) and the gradient draws of
   the gradient-variance measurement against naive per-sample loops;
 - ``memmap``: training on a memory-mapped 4 GiB ``.npy`` file, peak RSS by ``/usr/bin/time -v``
@@ -35,13 +37,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from . import dataparallel, memmap, numpyro_vae, scaling, steps, vectorized
+from . import dataparallel, handlers, memmap, numpyro_vae, scaling, steps, vectorized
 from .profile import profile
 from .rss import peak_rss_mib
 from .tables import markdown
 
 RESULTS = Path(__file__).parent / "results"
-SECTIONS = ("steps", "scaling", "profile", "vectorized", "memmap", "dataparallel")
+SECTIONS = ("steps", "scaling", "profile", "handlers", "vectorized", "memmap", "dataparallel")
 UNPINNED = ("dataparallel",)  # runs several processes, one core each
 FIGURE = Path(__file__).parent.parent / "docs" / "figures" / "scaling.png"
 
@@ -55,6 +57,7 @@ SETTINGS = {
     },
     "scaling": {"steps": (100, 300), "repeats": (3, 3)},
     "profile": {"steps": (400, 1000)},
+    "handlers": {"calls": (1000, 3000), "repeats": (5, 7)},
     "vectorized": {"repeats": (3, 5)},
     "memmap": {"gigabytes": (4.0, 4.0), "steps": (200, 1000)},
     "dataparallel": {"steps": (60, 300), "repeats": (3, 5)},
@@ -145,6 +148,10 @@ def run_profile(settings: dict) -> dict[str, pd.DataFrame]:
             for e, c in runs}
 
 
+def run_handlers(settings: dict) -> dict[str, pd.DataFrame]:
+    return {"handlers": handlers.measure(settings["calls"], settings["repeats"])}
+
+
 def run_vectorized(settings: dict) -> dict[str, pd.DataFrame]:
     timings = vectorized.measure(settings["repeats"])
     return {"vectorized": timings, "vectorized_speedups": vectorized.speedups(timings)}
@@ -163,6 +170,7 @@ RUNNERS = {
     "steps": run_steps,
     "scaling": run_scaling,
     "profile": run_profile,
+    "handlers": run_handlers,
     "vectorized": run_vectorized,
     "memmap": run_memmap,
     "dataparallel": run_dataparallel,
