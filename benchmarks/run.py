@@ -7,7 +7,9 @@ written to ``benchmarks/results/tables.md``, or ``tables-SECTION.md`` with ``--o
   hand-written PyTorch (eager and ``torch.compile``), bare Pyro (eager and JIT) and
   ``ppl_vae.fit`` (eager, ``jit=True``, ``compile=True``), both estimators, digits-size and
   MNIST-size models, interleaved repeats, ratios with min/median/max (``steps.csv``,
-  ``steps_ratios.csv``) and peak RSS per contender in a fresh process (``memory.csv``);
+  ``steps_ratios.csv``), peak RSS per contender in a fresh process (``memory.csv``) and
+  ``fit`` eager against ``compile=True`` under ``iwae`` and ``dreg``
+  (``steps_compiled_estimators.csv``);
 - ``scaling``: steps/s against batch size, latent size and number of latent sites
   (``scaling.csv``; the figure ``docs/figures/scaling.png``);
 - ``profile``: where a ``fit`` step's time goes (cProfile, digits-size model);
@@ -115,6 +117,8 @@ def run_steps(settings: dict) -> dict[str, pd.DataFrame]:
         "steps_ratios": steps.ratios(timings),
         "steps_ratios_end_to_end": steps.ratios(timings, "end_to_end_steps_s"),
         "memory": memory(settings["memory_steps"]),
+        "steps_compiled_estimators": steps.measure_compiled_estimators(
+            settings["digits"], settings["repeats"]),
     }
 
 

@@ -265,6 +265,33 @@ def measure(config: Config, estimator: str, steps: int, repeats: int) -> pd.Data
     return pd.DataFrame(rows, columns=[*columns, "end_to_end_steps_s", "steps_s"])
 
 
+def measure_compiled_estimators(steps: int, repeats: int, particles: int = 5) -> pd.DataFrame:
+    """``fit`` eager against ``compile=True`` under the importance-weighted estimators (K =
+    ``particles``, vectorized), digits-size model: steps/s after the first, repeats
+    interleaved; the ratio compiled / eager within each repeat."""
+    config = CONFIGS[0]
+    data = data_for(config)
+    rows = []
+    for estimator in ("iwae", "dreg"):
+        for repeat in range(repeats + 1):  # the first one warms up, not recorded
+            names = ("ppl_vae", "ppl_vae_compiled")[::1 if repeat % 2 else -1]
+            speeds = {}
+            for name in names:
+                pair = fresh_pair(config)
+                torch._dynamo.reset()
+                options = {"num_particles": particles} | fit_options(name)
+                n = steps if repeat else 20
+                started = run_ppl_vae(pair, data, n, config, estimator, **options)
+                speeds[name] = (n - 1) / (time.perf_counter() - started)
+            if repeat:
+                rows += [(estimator, particles, repeat, name, v) for name, v in speeds.items()]
+                rows.append((estimator, particles, repeat, "compiled / eager",
+                             speeds["ppl_vae_compiled"] / speeds["ppl_vae"]))
+    frame = pd.DataFrame(rows, columns=["estimator", "K", "repeat", "contender", "value"])
+    grouped = frame.groupby(["estimator", "K", "contender"], sort=False)["value"]
+    return grouped.agg(["median", "min", "max"]).reset_index()
+
+
 RATIOS = (
     ("ppl_vae", "pyro"),
     ("ppl_vae", "torch"),
