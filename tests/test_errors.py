@@ -150,7 +150,9 @@ CASES = [
          lambda t: ppl_vae.load_data(_file(t, "x.csv", "a,b,c,d,e\n")),
          lambda t: _model(LG) + _data(_file(t, "x.csv", "a,b,c,d,e\n"))),
     Case("wrong_width", ppl_vae.PairError,
-         r"minibatch of shape \(8, 5\) failed .*check that the data's width",
+         r"minibatch of shape \(8, 5\) failed at models/linear_gaussian.py:\d+ in guide "
+         r".*inputs of width 5, the data's number of columns, with weights for width 64: the "
+         r"pair was built for 64 columns; build it for 5 \(its x_dim option",
          lambda t: _fit(_rows(), linear_gaussian.make_pair(x_dim=64)),
          lambda t: _model(_file(t, "fixed.py", _FIXED_WIDTH)) + _data(_csv(t, _rows())),
          cli_message="the data has 5 columns but pair 'linear_gaussian' was built for 64"),
@@ -594,3 +596,83 @@ def test_ctrl_c_while_the_command_line_loads_prints_one_line(monkeypatch, capsys
     monkeypatch.setattr(builtins, "__import__", interrupted)
     assert entry() == 130
     assert capsys.readouterr().err == "ppl-vae: interrupted\n"
+
+
+# The reliability tail: hostile inputs that each end in one line on the command line (exit 2)
+# and in a PplVaeError from Python, naming the cause and the fix, with nothing written or lost.
+
+
+def _train(tmp: Path, *extra: str, steps: str = "2") -> list[str]:
+    return ["train", "--data", str(_csv(tmp, _rows())), "--steps", steps, "--batch-size", "8",
+            "--no-progress", *extra]
+
+
+_LIKELIHOOD_FOR_64 = """
+import pyro, pyro.distributions as dist, torch
+from ppl_vae import ModelGuidePair
+
+def make_pair(x_dim):
+    encoder, decoder = torch.nn.Linear(x_dim, 2), torch.nn.Linear(2, 64)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(encoder(x), 1.0).to_event(1))
+
+    return ModelGuidePair(model, guide, name="decoder_for_64")
+"""
+LIKELIHOOD_WIDTH = (r"the data has 5 columns but the distribution of the model's site 'x' has "
+                    r"shape \(8, 64\): the pair was built for 64 columns; build it for 5 \(its "
+                    r"x_dim option, e.g. make_pair\(x_dim=5\)\) or give it the data of 64 columns")
+
+
+@pytest.mark.parametrize("validated", [True, False], ids=["validated", "unvalidated"])
+def test_a_likelihood_of_another_width_is_refused_before_the_first_step(tmp_path, validated):
+    """The guide takes the data's width, the likelihood is built for 64 columns: refused with
+    both widths and the fix before any step runs or any checkpoint is written, with or without
+    Pyro's validation."""
+    pyro.enable_validation(validated)
+    steps = []
+    with pytest.raises(ppl_vae.PairError, match=LIKELIHOOD_WIDTH):
+        _fit(_rows(), _load_pair_file(tmp_path, "w.py", _LIKELIHOOD_FOR_64),
+             callback=steps.append, checkpoint_dir=tmp_path / "ck")
+    assert steps == [] and list((tmp_path / "ck").iterdir()) == []
+
+
+@pytest.mark.parametrize("built, given", [(64, 32), (32, 64)])
+def test_a_network_of_another_width_names_both_widths_and_where(built, given):
+    """bernoulli_vae built for one width and given data of another: torch's matrix-product
+    message recognised, the line of the pair file that ran the layer named."""
+    model, guide = ppl_vae.load_pair("models/bernoulli_vae.py", x_dim=built)
+    x = (torch.rand(20, given) > 0.5).float()
+    with pytest.raises(ppl_vae.PairError) as raised:
+        ppl_vae.fit(model, guide, x, num_steps=2)
+    message = str(raised.value)
+    assert re.search(r"failed at models/bernoulli_vae.py:\d+ in guide", message), message
+    assert (f"inputs of width {given}, the data's number of columns, with weights for width "
+            f"{built}: the pair was built for {built} columns; build it for {given} (its x_dim "
+            f"option, e.g. make_pair(x_dim={given}))") in message
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+def test_an_unrecognised_failure_of_the_pair_names_where_it_was_raised(tmp_path):
+    pair = _load_pair_file(tmp_path, "v.py", _GUIDE_MISSES_Z.replace(
+        "lambda x: None", "lambda x: x.view(-1, 7)"))
+    with pytest.raises(ppl_vae.PairError, match=r"failed at .*v.py:\d+ in <lambda> \(RuntimeError: "
+                       r"shape '\[-1, 7\]' is invalid .*check that the data's width"):
+        _fit(_rows(), pair)
+
+
+def test_the_command_line_refuses_a_likelihood_of_another_width(tmp_path, capsys, earlier_run):
+    before = _snapshot(earlier_run)
+    pair = _file(tmp_path, "w.py", _LIKELIHOOD_FOR_64)
+    err = _one_line_error(capsys, _train(tmp_path, "--model", str(pair), "--out",
+                                         str(earlier_run), "--overwrite"))
+    assert re.search(LIKELIHOOD_WIDTH, err), err
+    assert _snapshot(earlier_run) == before
