@@ -676,3 +676,83 @@ def test_the_command_line_refuses_a_likelihood_of_another_width(tmp_path, capsys
                                          str(earlier_run), "--overwrite"))
     assert re.search(LIKELIHOOD_WIDTH, err), err
     assert _snapshot(earlier_run) == before
+
+
+_RAISES_AT_STEP_4 = """
+from models import linear_gaussian
+from ppl_vae import ModelGuidePair
+
+calls = 0
+
+
+def check(x):
+    global calls
+    calls += 1
+    if calls == 5:  # the first call is fit's probe of the pair, then one per step
+        raise ValueError("boom")
+
+
+def make_pair(x_dim):
+    model, guide = linear_gaussian.make_pair(x_dim=x_dim)
+
+    def my_guide(x):
+        check(x)
+        guide(x)
+
+    return ModelGuidePair(model, my_guide, name="raises")
+"""
+def _explode(x):
+    if _explode.armed:
+        raise _explode.error("boom")
+
+
+@pytest.mark.parametrize("error", [ValueError, ZeroDivisionError])
+def test_the_pairs_own_exception_in_a_step_names_the_step_and_its_frames(tmp_path, error):
+    """The guide raises during step 4 (and on every call after it): a PairError naming the
+    step and the frames of the guide's file, the user's exception as its cause; nothing
+    applied: the parameters are the ones of the checkpoint of step 3, which is kept."""
+    model, inner = linear_gaussian.make_pair(x_dim=5)
+    _explode.armed, _explode.error = False, error
+
+    def guide(x):
+        _explode(x)
+        inner(x)
+
+    def arm(info):
+        _explode.armed = info.step == 3
+
+    with pytest.raises(ppl_vae.PairError) as raised:
+        _fit(_rows(), (model, guide), num_steps=10, checkpoint_dir=tmp_path, checkpoint_every=1,
+             callback=arm)
+    message = str(raised.value)
+    assert re.fullmatch(
+        rf"training stopped at step 4: {error.__name__}: boom \(raised at "
+        r"tests/test_errors.py:\d+ in _explode, called from tests/test_errors.py:\d+ in guide\); "
+        r"nothing was applied: the "
+        r"parameters keep their values from the last good step; the last good checkpoint "
+        r"\(step 3\) is kept in '.*checkpoint.pt'", message), message
+    assert type(raised.value.__cause__) is error and str(raised.value.__cause__) == "boom"
+    from ppl_vae.training.checkpoint import read_checkpoint
+
+    saved = read_checkpoint(tmp_path / FILENAME)
+    assert saved["step"] == 3
+    live = dict(pyro.get_param_store().named_parameters())
+    assert all(torch.equal(live[n].detach(), v) for n, v in saved["params"]["params"].items())
+
+
+def test_the_command_line_names_the_step_and_frames_of_the_pairs_exception(
+    tmp_path, capsys, earlier_run
+):
+    before = _snapshot(earlier_run)
+    pair, ck = _file(tmp_path, "raises.py", _RAISES_AT_STEP_4), tmp_path / "ck"
+    args = ["--model", str(pair), "--out", str(earlier_run), "--overwrite", "--checkpoint-dir",
+            str(ck), "--checkpoint-every", "1"]
+    err = _one_line_error(capsys, _train(tmp_path, *args, steps="10"))
+    assert re.search(r"training stopped at step 4: ValueError: boom \(raised at .*raises.py:\d+ "
+                     r"in check, called from .*raises.py:\d+ in my_guide\); nothing was applied",
+                     err), err
+    assert "the last good checkpoint (step 3) is kept" in err
+    from ppl_vae.training.checkpoint import read_checkpoint
+
+    assert read_checkpoint(ck / FILENAME)["step"] == 3
+    assert _snapshot(earlier_run) == before
