@@ -5,6 +5,8 @@ on stderr, status 2, no traceback), and in both nothing written earlier is touch
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import re
 import signal
@@ -756,3 +758,67 @@ def test_the_command_line_names_the_step_and_frames_of_the_pairs_exception(
 
     assert read_checkpoint(ck / FILENAME)["step"] == 3
     assert _snapshot(earlier_run) == before
+
+
+def _torch_save_on_a_full_disk(kind: str):
+    """A stand-in for torch.save on a full disk: the file's write raises ENOSPC, directly
+    (``oserror``) or after some bytes, which torch's zip writer turns into its RuntimeError
+    ("unexpected pos", raised while handling the OSError)."""
+    real = torch.save
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            if kind == "oserror" or self.written + len(data) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.f.write(data)
+
+    def save(obj, f, *args, **kwargs):
+        return real(obj, Full(f), *args, **kwargs)
+
+    return save
+
+
+@pytest.mark.parametrize("kind", ["oserror", "torch_runtime_error"])
+@pytest.mark.parametrize("earlier", [False, True], ids=["new_out", "overwrite"])
+def test_a_full_disk_while_writing_out_is_one_line_and_leaves_nothing(
+    tmp_path, capsys, monkeypatch, kind, earlier
+):
+    """params.pt does not fit: one line naming the full disk and the fix; a new --out does not
+    exist afterwards, an earlier one given with --overwrite is byte for byte what it was, and
+    no staging directory or lock file is left beside it."""
+    out = tmp_path / "runs" / "run"
+    args = _train(tmp_path, "--model", LG, "--out", str(out))
+    if earlier:
+        assert main(args) == 0
+        args.append("--overwrite")
+    before = _snapshot(out) if earlier else None
+    if kind == "torch_runtime_error":  # what torch raises is the RuntimeError
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            _torch_save_on_a_full_disk(kind)({"a": torch.zeros(1000)}, io.BytesIO())
+    monkeypatch.setattr(torch, "save", _torch_save_on_a_full_disk(kind))
+    kept = " (the earlier run in it is kept)" if earlier else ""
+    assert _one_line_error(capsys, args) == (
+        f"ppl-vae: error: the disk is full: writing 'params.pt' for '{out.resolve()}' failed (No "
+        f"space left on device); nothing was written to it{kept}; free disk space, or choose "
+        "another --out on a disk with room\n")
+    assert [p.name for p in out.parent.iterdir()] == (["run"] if earlier else [])
+    if earlier:
+        assert _snapshot(out) == before
+
+
+def test_a_full_disk_under_a_new_out_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    """A real full disk (a 1 MiB tmpfs, skipped where none can be mounted): torch's writer fails
+    on params.pt; one line, exit 2, nothing left on it but the filler."""
+    disk = tmp_path / "disk"
+    with _tmpfs(disk, "size=1m"):
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(64, 64)).astype("f4"))
+        (disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 4096 * 16))
+        err = _one_line_error(capsys, [
+            "train", "--model", "models/gaussian_vae.py", "--data", str(tmp_path / "x.npy"),
+            "--steps", "2", "--batch-size", "32", "--no-progress", "--out", str(disk / "run")])
+        assert "the disk is full: writing 'params.pt'" in err and "free disk space" in err
+        assert [p.name for p in disk.iterdir()] == ["filler"]

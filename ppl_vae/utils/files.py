@@ -3,10 +3,16 @@
 Write to a temporary file in the same directory, fsync it, ``os.replace`` it over the target,
 then fsync the directory so the rename itself survives a crash. Files get the mode ``open``
 would give them (0666 less the umask).
+
+A write that fails leaves no temporary file and raises what it hit: torch's zip writer turns
+an exception raised by the file's ``write`` (a full disk) into a ``RuntimeError`` ("unexpected
+pos"), raised while handling it; :func:`atomic_write` raises a full disk as an ``OSError``
+naming the file instead.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
@@ -26,14 +32,32 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        full = disk_full(e)
+        if full is not None:
+            raise OSError(full.errno, os.strerror(full.errno), str(path)) from e
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException) -> OSError | None:
+    """The out-of-space ``OSError`` (no space left, or the quota exceeded) that ``error`` is,
+    or that it was raised from or while handling; None if there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def umask() -> int:
