@@ -28,6 +28,7 @@ from models import bernoulli_vae, linear_gaussian
 from ppl_vae.cli import main
 from ppl_vae.training.checkpoint import FILENAME
 from ppl_vae.utils.runs import run_directory
+from ppl_vae.utils.signals import STOP_SIGNALS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -596,7 +597,13 @@ def test_ctrl_c_while_the_command_line_loads_prints_one_line(monkeypatch, capsys
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
-    assert entry() == 130
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        assert entry() == 130
+    finally:  # the entry point leaves the stop signals ignored, as the process is ending
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in STOP_SIGNALS)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     assert capsys.readouterr().err == "ppl-vae: interrupted\n"
 
 
@@ -822,3 +829,44 @@ def test_a_full_disk_under_a_new_out_is_one_line_and_leaves_nothing(tmp_path, ca
             "--steps", "2", "--batch-size", "32", "--no-progress", "--out", str(disk / "run")])
         assert "the disk is full: writing 'params.pt'" in err and "free disk space" in err
         assert [p.name for p in disk.iterdir()] == ["filler"]
+
+
+def test_an_interrupt_inside_torchs_writer_is_an_interrupt_not_a_write_error(tmp_path):
+    """torch's zip writer turns a KeyboardInterrupt raised in the file's write (a signal while a
+    checkpoint is written) into a RuntimeError; the write raises the interrupt itself, so that
+    the run stops as interrupted, and leaves no temporary file."""
+    from ppl_vae.utils.files import atomic_write
+
+    def interrupted(f):
+        class Write:
+            def write(self, data):
+                raise KeyboardInterrupt
+
+        torch.save({"a": torch.zeros(1000)}, Write())
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "checkpoint.pt", interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_pressed_again_and_again_prints_one_line(tmp_path, signum):
+    """A real `ppl-vae train` sent 30 signals 3 ms apart once it checkpoints: the first stops it,
+    the others are ignored while it cleans up and exits: one line, exit 130 (143), no
+    traceback, the checkpoint loadable, no output or staging directory left."""
+    from ppl_vae.training.checkpoint import read_checkpoint
+
+    out, ck = tmp_path / "run", tmp_path / "ck"
+    process = _train_process(_csv(tmp_path, _rows()), out, "--checkpoint-dir", str(ck),
+                             "--checkpoint-every", "5")
+    _wait_for(ck / FILENAME)
+    for _ in range(30):
+        if process.poll() is not None:
+            break
+        process.send_signal(signum)
+        time.sleep(0.003)
+    _, err = process.communicate(timeout=60)
+    line = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    assert process.returncode == 128 + signum and err.splitlines() == [f"ppl-vae: {line}"], err
+    assert read_checkpoint(ck / FILENAME)["step"] % 5 == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "x.csv"]
