@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -870,3 +871,72 @@ def test_a_signal_pressed_again_and_again_prints_one_line(tmp_path, signum):
     assert process.returncode == 128 + signum and err.splitlines() == [f"ppl-vae: {line}"], err
     assert read_checkpoint(ck / FILENAME)["step"] % 5 == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "x.csv"]
+
+
+_NAN_MODEL = """
+import pyro, pyro.distributions as dist, torch
+from ppl_vae import ModelGuidePair
+
+def model(x):
+    loc = pyro.param("loc", torch.zeros(x.shape[1]))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc.log() * 0 - loc.log(), 1.0).to_event(1), obs=x)
+
+def make_pair():
+    return ModelGuidePair(model, lambda x: None, name="nan")
+"""
+
+
+def _float64_pair():
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(x.shape[1], dtype=torch.float64))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    return model, lambda x: None
+
+
+@pytest.mark.parametrize("dtype, value", [(np.float64, 1e300), (np.float64, 1e160),
+                                          (np.float32, 1e20)])
+def test_data_whose_square_overflows_names_the_step_the_entry_and_the_fix(dtype, value):
+    rows = _with(0.0, 0, 0).astype(dtype)
+    rows[7, 3] = value
+    data = torch.from_numpy(rows)
+    pair = _float64_pair() if dtype == np.float64 else linear_gaussian.make_pair(x_dim=5)
+    with pytest.raises(ppl_vae.NumericalError) as raised:
+        _fit(data, pair, batch_size=40)
+    name = np.dtype(dtype).name
+    assert re.fullmatch(
+        rf"training stopped at step 1: non-finite loss \(non-finite log-density at site\(s\) "
+        rf"\['x'\]\); the data holds {value:g} at row 7, column 3 \(from 0\), whose square "
+        rf"overflows {name}; the parameters keep the values they started from; rescale the data "
+        r"\(e.g. standardize each column\)", str(raised.value).replace("+", "")), raised.value
+    assert raised.value.history.empty
+
+
+@pytest.mark.parametrize("validated", [True, False], ids=["validated", "unvalidated"])
+def test_a_nan_from_the_first_step_names_the_step_and_not_lr(tmp_path, validated):
+    pyro.enable_validation(validated)
+    pair = ppl_vae.load_pair(str(_file(tmp_path, "nan.py", _NAN_MODEL)))
+    with pytest.raises(ppl_vae.NumericalError) as raised:
+        _fit(_rows(), pair)
+    problem = (r"a distribution's parameter is invalid \(Expected parameter loc .*\) on the first "
+               r"minibatch" if validated else
+               r"non-finite loss \(non-finite log-density at site\(s\) \['x'\]\); the parameters "
+               r"keep the values they started from")
+    assert re.fullmatch(
+        rf"training stopped at step 1: {problem}; no update had been applied, so neither lr nor "
+        r"clip_norm is the cause: the pair gives it with the parameters it starts from; check "
+        r"their initial values, what its networks compute, and the data's scale",
+        str(raised.value)), raised.value
+    assert raised.value.history.empty
+
+
+def test_the_command_line_names_the_first_step_of_a_nan(tmp_path, capsys, earlier_run):
+    before = _snapshot(earlier_run)
+    pair = _file(tmp_path, "nan.py", _NAN_MODEL)
+    err = _one_line_error(capsys, _train(tmp_path, "--model", str(pair), "--out",
+                                         str(earlier_run), "--overwrite"))
+    assert "error: training stopped at step 1: a distribution's parameter is invalid" in err
+    assert "neither lr nor clip_norm is the cause" in err
+    assert _snapshot(earlier_run) == before

@@ -23,6 +23,7 @@ from ..pair.traces import (
     PairTraces,
     is_guide_sample,
     is_guide_term,
+    is_invalid_parameter,
     is_latent,
     is_likelihood,
     is_observed,
@@ -33,12 +34,14 @@ from ..pair.traces import (
 from ..utils import params as param_io
 from ..utils.errors import (
     DataError,
+    NumericalError,
     PairError,
     PplVaeError,
     first_line,
     raised_at,
 )
 from ..utils.rng import forked
+from .svi import FIRST_STEP_FIX, history, overflowing_data
 
 
 def probe(
@@ -54,7 +57,17 @@ def probe(
     their step, against theirs (:class:`SupportCheck`).
     """
     x = dataset.head(batch_size)
-    layout = run_pair(model, guide, x)
+    try:
+        layout = run_pair(model, guide, x)
+    except PairError as e:
+        if not is_invalid_parameter(e.__cause__):
+            raise
+        extreme = overflowing_data(x, torch.arange(x.rows))
+        raise NumericalError(
+            f"training stopped at step 1: a distribution's parameter is invalid "
+            f"({first_line(e.__cause__)}) on the first minibatch{extreme}; {FIRST_STEP_FIX}",
+            history=history([]),
+        ) from e
     arrays = [a for _, a in dataset.arrays]
     for name, site in layout.model.nodes.items():
         if not is_observed(site):

@@ -21,6 +21,7 @@ import pandas as pd
 import pyro
 import torch
 
+from ..pair.data import first_overflowing
 from ..pair.dataset import Batch, Dataset
 from ..pair.traces import (
     is_invalid_parameter,
@@ -45,6 +46,12 @@ from .step_params import StepParams
 from .warmup import LatentScale, kl_weight
 
 HISTORY_COLUMNS = ["step", "epoch", "elbo", "beta", "time_s"]
+# the fix of a numerical fault at a run's first step, before the optimizer has changed anything
+FIRST_STEP_FIX = (
+    "no update had been applied, so neither lr nor clip_norm is the cause: the pair gives it "
+    "with the parameters it starts from; check their initial values, what its networks "
+    "compute, and the data's scale"
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,8 @@ class Trainer:
         started = time.perf_counter()
         step = state.step + 1
         epoch, index = state.order.batch(step)
-        x = self.dataset.take(distributed.shard(index, self.group))
-        x = x.to(self.device, non_blocking=True)
+        rows = distributed.shard(index, self.group)
+        x = self.dataset.take(rows).to(self.device, non_blocking=True)
         self.beta.beta = kl_weight(step, self.kl_warmup)
         try:
             with _validation(validated):
@@ -107,9 +114,9 @@ class Trainer:
             raise
         except Exception as e:  # the pair's own code (or torch inside it) raised
             raised = pair_exception(e)
-            raise self.failure(step, math.nan, x, validated, state, raised) from raised
+            raise self.failure(step, math.nan, x, rows, validated, state, raised) from raised
         if not (finite and math.isfinite(loss)):
-            raise self.failure(step, loss, x, validated, state)
+            raise self.failure(step, loss, x, rows, validated, state)
         value = -loss / self.per_datapoint
         state.elapsed += time.perf_counter() - started
         state.rows.append((step, epoch, value, self.beta.beta, state.elapsed))
@@ -117,14 +124,15 @@ class Trainer:
         return StepInfo(step, epoch, value, state.elapsed, x)
 
     def failure(
-        self, step: int, loss: float, x: Batch, validated: bool, state: TrainingState,
-        error: Exception | None = None,
+        self, step: int, loss: float, x: Batch, rows: torch.Tensor, validated: bool,
+        state: TrainingState, error: Exception | None = None,
     ) -> PplVaeError:
-        """The error for a failed step on the minibatch ``x``, naming the step: a
-        :class:`DataError` for an observed value outside its support; a :class:`PairError`
-        saying where ``error`` was raised when it is not about a distribution's parameter;
-        otherwise a :class:`NumericalError` naming the sites with a non-finite log-density and,
-        when Pyro's validation finds one on this minibatch, the invalid parameter."""
+        """The error for a failed step on the minibatch ``x`` of data rows ``rows``, naming the
+        step: a :class:`DataError` for an observed value outside its support; a
+        :class:`PairError` saying where ``error`` was raised when it is not about a
+        distribution's parameter; otherwise a :class:`NumericalError` naming the sites with a
+        non-finite log-density, the invalid parameter when Pyro's validation finds one on this
+        minibatch, a data entry whose square overflows, and the fix."""
         invalid = error if validated else _validation_error(self.model, self.guide, x)
         if isinstance(invalid, ValueError) and "within the support" in str(invalid):
             return DataError(
@@ -133,7 +141,8 @@ class Trainer:
                 "drop those rows, or choose a likelihood whose support holds them; nothing was "
                 "applied"
             )
-        kept = "the parameters keep their values from the last good step"
+        kept = ("the parameters keep their values from the last good step"
+                if state.rows else "the parameters keep the values they started from")
         kept += f"; {self.saver.kept()}" if self.saver else ""
         if error is not None and not is_invalid_parameter(invalid):
             return PairError(
@@ -149,9 +158,14 @@ class Trainer:
         problem = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'}"
         if is_invalid_parameter(invalid):
             problem = f"a distribution's parameter is invalid ({first_line(invalid)})"
+        cause = overflowing_data(x, rows)
+        fix = "try a lower lr, clip_norm=10.0, or rescaling the data"
+        if cause:
+            fix = "rescale the data (e.g. standardize each column)"
+        elif not state.rows:
+            fix = FIRST_STEP_FIX
         return NumericalError(
-            f"training stopped at step {step}: {problem} ({where}); {kept}; try a lower lr, "
-            "clip_norm=10.0, or rescaling the data",
+            f"training stopped at step {step}: {problem} ({where}){cause}; {kept}; {fix}",
             history=history(state.rows),
         )
 
@@ -220,6 +234,22 @@ def _non_finite_sites(model, guide, x: Batch) -> list[str]:
         except Exception:  # the pair fails to run, or to score a site, on x
             pass
     return sorted(set(bad))
+
+
+def overflowing_data(x: Batch, rows: torch.Tensor) -> str:
+    """Where the minibatch ``x`` (data rows ``rows``) holds an entry whose square overflows its
+    dtype, a clause naming it by data row and column; else ''."""
+    names = [f"arg{i}" for i in range(len(x.args))] + list(x.per_row)
+    for name, tensor in zip(names, x.tensors, strict=True):
+        found = first_overflowing(tensor)
+        if found is not None:
+            row, column, value = found
+            array = f" ({name})" if len(names) > 1 else ""
+            return (
+                f"; the data{array} holds {value:g} at row {int(rows[row])}, column {column} "
+                f"(from 0), whose square overflows {str(tensor.dtype).removeprefix('torch.')}"
+            )
+    return ""
 
 
 def _reason(error: BaseException) -> str:
