@@ -5,6 +5,8 @@ on stderr, status 2, no traceback), and in both nothing written earlier is touch
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
 import json
 import re
 import signal
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -26,6 +29,7 @@ from models import bernoulli_vae, linear_gaussian
 from ppl_vae.cli import main
 from ppl_vae.training.checkpoint import FILENAME
 from ppl_vae.utils.runs import run_directory
+from ppl_vae.utils.signals import STOP_SIGNALS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -150,7 +154,9 @@ CASES = [
          lambda t: ppl_vae.load_data(_file(t, "x.csv", "a,b,c,d,e\n")),
          lambda t: _model(LG) + _data(_file(t, "x.csv", "a,b,c,d,e\n"))),
     Case("wrong_width", ppl_vae.PairError,
-         r"minibatch of shape \(8, 5\) failed .*check that the data's width",
+         r"minibatch of shape \(8, 5\) failed at models/linear_gaussian.py:\d+ in guide "
+         r".*inputs of width 5, the data's number of columns, with weights for width 64: the "
+         r"pair was built for 64 columns; build it for 5 \(its x_dim option",
          lambda t: _fit(_rows(), linear_gaussian.make_pair(x_dim=64)),
          lambda t: _model(_file(t, "fixed.py", _FIXED_WIDTH)) + _data(_csv(t, _rows())),
          cli_message="the data has 5 columns but pair 'linear_gaussian' was built for 64"),
@@ -592,5 +598,345 @@ def test_ctrl_c_while_the_command_line_loads_prints_one_line(monkeypatch, capsys
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", interrupted)
-    assert entry() == 130
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        assert entry() == 130
+    finally:  # the entry point leaves the stop signals ignored, as the process is ending
+        assert all(signal.getsignal(s) == signal.SIG_IGN for s in STOP_SIGNALS)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
     assert capsys.readouterr().err == "ppl-vae: interrupted\n"
+
+
+# The reliability tail: hostile inputs that each end in one line on the command line (exit 2)
+# and in a PplVaeError from Python, naming the cause and the fix, with nothing written or lost.
+
+
+def _train(tmp: Path, *extra: str, steps: str = "2") -> list[str]:
+    return ["train", "--data", str(_csv(tmp, _rows())), "--steps", steps, "--batch-size", "8",
+            "--no-progress", *extra]
+
+
+_LIKELIHOOD_FOR_64 = """
+import pyro, pyro.distributions as dist, torch
+from ppl_vae import ModelGuidePair
+
+def make_pair(x_dim):
+    encoder, decoder = torch.nn.Linear(x_dim, 2), torch.nn.Linear(2, 64)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", encoder)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(encoder(x), 1.0).to_event(1))
+
+    return ModelGuidePair(model, guide, name="decoder_for_64")
+"""
+LIKELIHOOD_WIDTH = (r"the data has 5 columns but the distribution of the model's site 'x' has "
+                    r"shape \(8, 64\): the pair was built for 64 columns; build it for 5 \(its "
+                    r"x_dim option, e.g. make_pair\(x_dim=5\)\) or give it the data of 64 columns")
+
+
+@pytest.mark.parametrize("validated", [True, False], ids=["validated", "unvalidated"])
+def test_a_likelihood_of_another_width_is_refused_before_the_first_step(tmp_path, validated):
+    """The guide takes the data's width, the likelihood is built for 64 columns: refused with
+    both widths and the fix before any step runs or any checkpoint is written, with or without
+    Pyro's validation."""
+    pyro.enable_validation(validated)
+    steps = []
+    with pytest.raises(ppl_vae.PairError, match=LIKELIHOOD_WIDTH):
+        _fit(_rows(), _load_pair_file(tmp_path, "w.py", _LIKELIHOOD_FOR_64),
+             callback=steps.append, checkpoint_dir=tmp_path / "ck")
+    assert steps == [] and list((tmp_path / "ck").iterdir()) == []
+
+
+@pytest.mark.parametrize("built, given", [(64, 32), (32, 64)])
+def test_a_network_of_another_width_names_both_widths_and_where(built, given):
+    """bernoulli_vae built for one width and given data of another: torch's matrix-product
+    message recognised, the line of the pair file that ran the layer named."""
+    model, guide = ppl_vae.load_pair("models/bernoulli_vae.py", x_dim=built)
+    x = (torch.rand(20, given) > 0.5).float()
+    with pytest.raises(ppl_vae.PairError) as raised:
+        ppl_vae.fit(model, guide, x, num_steps=2)
+    message = str(raised.value)
+    assert re.search(r"failed at models/bernoulli_vae.py:\d+ in guide", message), message
+    assert (f"inputs of width {given}, the data's number of columns, with weights for width "
+            f"{built}: the pair was built for {built} columns; build it for {given} (its x_dim "
+            f"option, e.g. make_pair(x_dim={given}))") in message
+    assert isinstance(raised.value.__cause__, RuntimeError)
+
+
+def test_an_unrecognised_failure_of_the_pair_names_where_it_was_raised(tmp_path):
+    pair = _load_pair_file(tmp_path, "v.py", _GUIDE_MISSES_Z.replace(
+        "lambda x: None", "lambda x: x.view(-1, 7)"))
+    with pytest.raises(ppl_vae.PairError, match=r"failed at .*v.py:\d+ in <lambda> \(RuntimeError: "
+                       r"shape '\[-1, 7\]' is invalid .*check that the data's width"):
+        _fit(_rows(), pair)
+
+
+def test_the_command_line_refuses_a_likelihood_of_another_width(tmp_path, capsys, earlier_run):
+    before = _snapshot(earlier_run)
+    pair = _file(tmp_path, "w.py", _LIKELIHOOD_FOR_64)
+    err = _one_line_error(capsys, _train(tmp_path, "--model", str(pair), "--out",
+                                         str(earlier_run), "--overwrite"))
+    assert re.search(LIKELIHOOD_WIDTH, err), err
+    assert _snapshot(earlier_run) == before
+
+
+_RAISES_AT_STEP_4 = """
+from models import linear_gaussian
+from ppl_vae import ModelGuidePair
+
+calls = 0
+
+
+def check(x):
+    global calls
+    calls += 1
+    if calls == 5:  # the first call is fit's probe of the pair, then one per step
+        raise ValueError("boom")
+
+
+def make_pair(x_dim):
+    model, guide = linear_gaussian.make_pair(x_dim=x_dim)
+
+    def my_guide(x):
+        check(x)
+        guide(x)
+
+    return ModelGuidePair(model, my_guide, name="raises")
+"""
+def _explode(x):
+    if _explode.armed:
+        raise _explode.error("boom")
+
+
+@pytest.mark.parametrize("error", [ValueError, ZeroDivisionError])
+def test_the_pairs_own_exception_in_a_step_names_the_step_and_its_frames(tmp_path, error):
+    """The guide raises during step 4 (and on every call after it): a PairError naming the
+    step and the frames of the guide's file, the user's exception as its cause; nothing
+    applied: the parameters are the ones of the checkpoint of step 3, which is kept."""
+    model, inner = linear_gaussian.make_pair(x_dim=5)
+    _explode.armed, _explode.error = False, error
+
+    def guide(x):
+        _explode(x)
+        inner(x)
+
+    def arm(info):
+        _explode.armed = info.step == 3
+
+    with pytest.raises(ppl_vae.PairError) as raised:
+        _fit(_rows(), (model, guide), num_steps=10, checkpoint_dir=tmp_path, checkpoint_every=1,
+             callback=arm)
+    message = str(raised.value)
+    assert re.fullmatch(
+        rf"training stopped at step 4: {error.__name__}: boom \(raised at "
+        r"tests/test_errors.py:\d+ in _explode, called from tests/test_errors.py:\d+ in guide\); "
+        r"nothing was applied: the "
+        r"parameters keep their values from the last good step; the last good checkpoint "
+        r"\(step 3\) is kept in '.*checkpoint.pt'", message), message
+    assert type(raised.value.__cause__) is error and str(raised.value.__cause__) == "boom"
+    from ppl_vae.training.checkpoint import read_checkpoint
+
+    saved = read_checkpoint(tmp_path / FILENAME)
+    assert saved["step"] == 3
+    live = dict(pyro.get_param_store().named_parameters())
+    assert all(torch.equal(live[n].detach(), v) for n, v in saved["params"]["params"].items())
+
+
+def test_the_command_line_names_the_step_and_frames_of_the_pairs_exception(
+    tmp_path, capsys, earlier_run
+):
+    before = _snapshot(earlier_run)
+    pair, ck = _file(tmp_path, "raises.py", _RAISES_AT_STEP_4), tmp_path / "ck"
+    args = ["--model", str(pair), "--out", str(earlier_run), "--overwrite", "--checkpoint-dir",
+            str(ck), "--checkpoint-every", "1"]
+    err = _one_line_error(capsys, _train(tmp_path, *args, steps="10"))
+    assert re.search(r"training stopped at step 4: ValueError: boom \(raised at .*raises.py:\d+ "
+                     r"in check, called from .*raises.py:\d+ in my_guide\); nothing was applied",
+                     err), err
+    assert "the last good checkpoint (step 3) is kept" in err
+    from ppl_vae.training.checkpoint import read_checkpoint
+
+    assert read_checkpoint(ck / FILENAME)["step"] == 3
+    assert _snapshot(earlier_run) == before
+
+
+def _torch_save_on_a_full_disk(kind: str):
+    """A stand-in for torch.save on a full disk: the file's write raises ENOSPC, directly
+    (``oserror``) or after some bytes, which torch's zip writer turns into its RuntimeError
+    ("unexpected pos", raised while handling the OSError)."""
+    real = torch.save
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.written = f, 0
+
+        def write(self, data):
+            if kind == "oserror" or self.written + len(data) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.f.write(data)
+
+    def save(obj, f, *args, **kwargs):
+        return real(obj, Full(f), *args, **kwargs)
+
+    return save
+
+
+@pytest.mark.parametrize("kind", ["oserror", "torch_runtime_error"])
+@pytest.mark.parametrize("earlier", [False, True], ids=["new_out", "overwrite"])
+def test_a_full_disk_while_writing_out_is_one_line_and_leaves_nothing(
+    tmp_path, capsys, monkeypatch, kind, earlier
+):
+    """params.pt does not fit: one line naming the full disk and the fix; a new --out does not
+    exist afterwards, an earlier one given with --overwrite is byte for byte what it was, and
+    no staging directory or lock file is left beside it."""
+    out = tmp_path / "runs" / "run"
+    args = _train(tmp_path, "--model", LG, "--out", str(out))
+    if earlier:
+        assert main(args) == 0
+        args.append("--overwrite")
+    before = _snapshot(out) if earlier else None
+    if kind == "torch_runtime_error":  # what torch raises is the RuntimeError
+        with pytest.raises(RuntimeError, match="unexpected pos"):
+            _torch_save_on_a_full_disk(kind)({"a": torch.zeros(1000)}, io.BytesIO())
+    monkeypatch.setattr(torch, "save", _torch_save_on_a_full_disk(kind))
+    kept = " (the earlier run in it is kept)" if earlier else ""
+    assert _one_line_error(capsys, args) == (
+        f"ppl-vae: error: the disk is full: writing 'params.pt' for '{out.resolve()}' failed (No "
+        f"space left on device); nothing was written to it{kept}; free disk space, or choose "
+        "another --out on a disk with room\n")
+    assert [p.name for p in out.parent.iterdir()] == (["run"] if earlier else [])
+    if earlier:
+        assert _snapshot(out) == before
+
+
+def test_a_full_disk_under_a_new_out_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    """A real full disk (a 1 MiB tmpfs, skipped where none can be mounted): torch's writer fails
+    on params.pt; one line, exit 2, nothing left on it but the filler."""
+    disk = tmp_path / "disk"
+    with _tmpfs(disk, "size=1m"):
+        np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(64, 64)).astype("f4"))
+        (disk / "filler").write_bytes(b"\0" * (1024 * 1024 - 4096 * 16))
+        err = _one_line_error(capsys, [
+            "train", "--model", "models/gaussian_vae.py", "--data", str(tmp_path / "x.npy"),
+            "--steps", "2", "--batch-size", "32", "--no-progress", "--out", str(disk / "run")])
+        assert "the disk is full: writing 'params.pt'" in err and "free disk space" in err
+        assert [p.name for p in disk.iterdir()] == ["filler"]
+
+
+def test_an_interrupt_inside_torchs_writer_is_an_interrupt_not_a_write_error(tmp_path):
+    """torch's zip writer turns a KeyboardInterrupt raised in the file's write (a signal while a
+    checkpoint is written) into a RuntimeError; the write raises the interrupt itself, so that
+    the run stops as interrupted, and leaves no temporary file."""
+    from ppl_vae.utils.files import atomic_write
+
+    def interrupted(f):
+        class Write:
+            def write(self, data):
+                raise KeyboardInterrupt
+
+        torch.save({"a": torch.zeros(1000)}, Write())
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "checkpoint.pt", interrupted)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
+def test_a_signal_pressed_again_and_again_prints_one_line(tmp_path, signum):
+    """A real `ppl-vae train` sent 30 signals 3 ms apart once it checkpoints: the first stops it,
+    the others are ignored while it cleans up and exits: one line, exit 130 (143), no
+    traceback, the checkpoint loadable, no output or staging directory left."""
+    from ppl_vae.training.checkpoint import read_checkpoint
+
+    out, ck = tmp_path / "run", tmp_path / "ck"
+    process = _train_process(_csv(tmp_path, _rows()), out, "--checkpoint-dir", str(ck),
+                             "--checkpoint-every", "5")
+    _wait_for(ck / FILENAME)
+    for _ in range(30):
+        if process.poll() is not None:
+            break
+        process.send_signal(signum)
+        time.sleep(0.003)
+    _, err = process.communicate(timeout=60)
+    line = "interrupted" if signum == signal.SIGINT else "stopped by SIGTERM"
+    assert process.returncode == 128 + signum and err.splitlines() == [f"ppl-vae: {line}"], err
+    assert read_checkpoint(ck / FILENAME)["step"] % 5 == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "x.csv"]
+
+
+_NAN_MODEL = """
+import pyro, pyro.distributions as dist, torch
+from ppl_vae import ModelGuidePair
+
+def model(x):
+    loc = pyro.param("loc", torch.zeros(x.shape[1]))
+    with pyro.plate("data", x.shape[0]):
+        pyro.sample("x", dist.Normal(loc.log() * 0 - loc.log(), 1.0).to_event(1), obs=x)
+
+def make_pair():
+    return ModelGuidePair(model, lambda x: None, name="nan")
+"""
+
+
+def _float64_pair():
+    def model(x):
+        loc = pyro.param("loc", torch.zeros(x.shape[1], dtype=torch.float64))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    return model, lambda x: None
+
+
+@pytest.mark.parametrize("dtype, value", [(np.float64, 1e300), (np.float64, 1e160),
+                                          (np.float32, 1e20)])
+def test_data_whose_square_overflows_names_the_step_the_entry_and_the_fix(dtype, value):
+    rows = _with(0.0, 0, 0).astype(dtype)
+    rows[7, 3] = value
+    data = torch.from_numpy(rows)
+    pair = _float64_pair() if dtype == np.float64 else linear_gaussian.make_pair(x_dim=5)
+    with pytest.raises(ppl_vae.NumericalError) as raised:
+        _fit(data, pair, batch_size=40)
+    name = np.dtype(dtype).name
+    assert re.fullmatch(
+        rf"training stopped at step 1: non-finite loss \(non-finite log-density at site\(s\) "
+        rf"\['x'\]\); the data holds {value:g} at row 7, column 3 \(from 0\), whose square "
+        rf"overflows {name}; the parameters keep the values they started from; rescale the data "
+        r"\(e.g. standardize each column\)", str(raised.value).replace("+", "")), raised.value
+    assert raised.value.history.empty
+
+
+@pytest.mark.parametrize("validated", [True, False], ids=["validated", "unvalidated"])
+def test_a_nan_from_the_first_step_names_the_step_and_not_lr(tmp_path, validated):
+    pyro.enable_validation(validated)
+    pair = ppl_vae.load_pair(str(_file(tmp_path, "nan.py", _NAN_MODEL)))
+    with pytest.raises(ppl_vae.NumericalError) as raised:
+        _fit(_rows(), pair)
+    problem = (r"a distribution's parameter is invalid \(Expected parameter loc .*\) on the first "
+               r"minibatch" if validated else
+               r"non-finite loss \(non-finite log-density at site\(s\) \['x'\]\); the parameters "
+               r"keep the values they started from")
+    assert re.fullmatch(
+        rf"training stopped at step 1: {problem}; no update had been applied, so neither lr nor "
+        r"clip_norm is the cause: the pair gives it with the parameters it starts from; check "
+        r"their initial values, what its networks compute, and the data's scale",
+        str(raised.value)), raised.value
+    assert raised.value.history.empty
+
+
+def test_the_command_line_names_the_first_step_of_a_nan(tmp_path, capsys, earlier_run):
+    before = _snapshot(earlier_run)
+    pair = _file(tmp_path, "nan.py", _NAN_MODEL)
+    err = _one_line_error(capsys, _train(tmp_path, "--model", str(pair), "--out",
+                                         str(earlier_run), "--overwrite"))
+    assert "error: training stopped at step 1: a distribution's parameter is invalid" in err
+    assert "neither lr nor clip_norm is the cause" in err
+    assert _snapshot(earlier_run) == before

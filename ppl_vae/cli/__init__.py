@@ -4,17 +4,18 @@ it. May import: every layer.
 User errors (any :class:`~ppl_vae.errors.PplVaeError`, bad arguments, and what the operating
 system refuses: a read-only or full disk) print one line on stderr, without terminal escape
 codes, and exit with status 2, never a traceback. SIGINT, SIGTERM and SIGHUP stop a run the
-same way (exit 130, 143, 129): the last checkpoint stays, no partial output is left.
+same way (exit 130, 143, 129): the last checkpoint stays, no partial output is left; the
+signals after the first are ignored while it cleans up (:mod:`ppl_vae.utils.signals`).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import signal
 import sys
 
 from ..utils.errors import PplVaeError
+from ..utils.signals import report, stop_signals
 from . import compare, diagnose, train
 
 
@@ -38,47 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Stopped(KeyboardInterrupt):
-    """A termination signal, raised where the run is so that it unwinds like Ctrl-C."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _stop(signum, frame):
-    raise Stopped(signum)
-
-
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:  # a second Ctrl-C while the first one unwinds
-        print("ppl-vae: interrupted", file=sys.stderr)
-        return 130
+    """Run ``ppl-vae`` with ``argv`` (default ``sys.argv[1:]``); return its exit status."""
+    with stop_signals():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt as e:  # a stop signal (later ones are ignored), or Ctrl-C
+            line, code = report(e)
+            print(f"ppl-vae: {line}", file=sys.stderr)
+            return code
 
 
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        for s in previous:
-            signal.signal(s, _stop)
         return args.run(args) or 0
     except (PplVaeError, OSError) as e:
         print(f"ppl-vae: error: {one_line(e)}", file=sys.stderr)
         return 2
-    except Stopped as e:
-        print(f"ppl-vae: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt:
-        print("ppl-vae: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def one_line(error: BaseException) -> str:

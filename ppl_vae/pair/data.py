@@ -12,6 +12,7 @@ memory does not grow with the file (see docs/performance.md).
 
 from __future__ import annotations
 
+import math
 import mmap
 from pathlib import Path
 
@@ -315,6 +316,15 @@ def check_support(data: Array, name: str, support, device: torch.device) -> None
             f"observed site {name!r} ({support}); rescale the data (e.g. binarize for a "
             "Bernoulli likelihood) or choose a pair whose likelihood fits it"
         )
+
+
+def first_overflowing(data: torch.Tensor) -> tuple[int, int, float] | None:
+    """(row, column, value) of the first entry of floating ``data`` whose square overflows its
+    dtype (a log-density of it, such as a Normal's, is then non-finite), or None."""
+    if not data.is_floating_point() or data.dim() == 0:
+        return None
+    bound = math.sqrt(torch.finfo(data.dtype).max)
+    return _first_violation(data.detach().cpu(), lambda chunk: ~(chunk.abs() > bound))
 
 
 def _first_violation(data: Array, predicate) -> tuple[int, int, float] | None:

@@ -7,6 +7,7 @@ user's pair can cause are turned into :class:`~ppl_vae.errors.PairError` in one 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from pyro.distributions import Unit
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import site_is_subsample
 
-from ..utils.errors import PairError, first_line
+from ..utils.errors import PairError, first_line, raised_at
 from .dataset import Batch
 
 PARTICLE_PLATE = "ppl_vae_particles"
@@ -140,20 +141,21 @@ def run_pair(model: Callable, guide: Callable, batch: Batch | torch.Tensor) -> P
     batch = as_batch(batch)
     try:
         model_trace, guide_trace = trace_pair(model, guide, batch)
-    except PAIR_FAILURES as e:
-        if isinstance(e, PairError):
+    except PAIR_FAILURES as raised:
+        if isinstance(raised, PairError):
             raise
+        e = pair_exception(raised)
         check_dtypes(batch, [v for _, v in pyro.get_param_store().items()])
-        if isinstance(e, ValueError) and "Expected parameter" in str(e):  # torch's validation
+        if is_invalid_parameter(e):
             raise PairError(
                 f"a distribution of the pair got an invalid parameter ({first_line(e)}); a NaN "
                 "there comes from a NaN parameter or network output: load good parameters, or "
                 "train again with a lower lr or clip_norm"
             ) from e
         raise PairError(
-            f"running the model and guide on a minibatch of shape {batch.describe()} failed "
-            f"({type(e).__name__}: {first_line(e)}); check that the data's width and values are "
-            f"what the pair was built for{_dtype_hint(batch)}"
+            f"running the model and guide on a minibatch of shape {batch.describe()} failed at "
+            f"{raised_at(e)} ({type(e).__name__}: {first_line(e)}); "
+            f"{_width_hint(batch, e)}{_dtype_hint(batch)}"
         ) from e
     check_sites(model_trace, guide_trace)
     check_dtypes(batch, [s["value"] for t in (model_trace, guide_trace)
@@ -166,6 +168,42 @@ def run_pair(model: Callable, guide: Callable, batch: Batch | torch.Tensor) -> P
         max_plate_nesting(model_trace, guide_trace),
         plate.dim,
         plate.name,
+    )
+
+
+def pair_exception(error: BaseException) -> BaseException:
+    """The exception a pair raised, without the copies Pyro's ``poutine.trace`` raises from it
+    (of its type, the message followed by the trace's shapes)."""
+    cause = error.__cause__
+    while type(cause) is type(error) and str(error).startswith(f"{cause}\n"):
+        error, cause = cause, cause.__cause__
+    return error
+
+
+def is_invalid_parameter(error: BaseException) -> bool:
+    """Whether ``error`` is torch's validation refusing a distribution's parameter (its
+    ``ValueError`` reads "Expected parameter ... to satisfy the constraint ...")."""
+    return isinstance(error, ValueError) and "Expected parameter" in str(error)
+
+
+# torch's message for a matrix product (a Linear layer) of inputs of the wrong width
+_MATMUL = re.compile(r"mat1 and mat2 shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)")
+
+
+def _width_hint(batch: Batch, error: BaseException) -> str:
+    """What a failed run says of the data's width: where torch's matrix-product message shows
+    a layer given the data's columns but built for another width, those two widths and the
+    fix; otherwise to check the width and values."""
+    found = _MATMUL.search(str(error)) if isinstance(error, RuntimeError) else None
+    widths = {int(t.shape[-1]) for t in batch.tensors if t.dim() >= 2}
+    if found is None or int(found[2]) not in widths:
+        return "check that the data's width and values are what the pair was built for"
+    given, built = int(found[2]), int(found[3])
+    return (
+        f"torch reports a matrix product of inputs of width {given}, the data's number of "
+        f"columns, with weights for width {built}: the pair was built for {built} columns; "
+        f"build it for {given} (its x_dim option, e.g. make_pair(x_dim={given})) or give it "
+        f"the data of {built} columns it was built for"
     )
 
 

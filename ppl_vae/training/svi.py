@@ -21,9 +21,23 @@ import pandas as pd
 import pyro
 import torch
 
+from ..pair.data import first_overflowing
 from ..pair.dataset import Batch, Dataset
-from ..pair.traces import is_latent, is_likelihood, run_pair
-from ..utils.errors import DataError, NumericalError, PairError, PplVaeError, first_line
+from ..pair.traces import (
+    is_invalid_parameter,
+    is_latent,
+    is_likelihood,
+    pair_exception,
+    run_pair,
+)
+from ..utils.errors import (
+    DataError,
+    NumericalError,
+    PairError,
+    PplVaeError,
+    first_line,
+    raised_at,
+)
 from ..utils.rng import forked
 from . import distributed
 from .checkpoint import Checkpointer
@@ -32,6 +46,12 @@ from .step_params import StepParams
 from .warmup import LatentScale, kl_weight
 
 HISTORY_COLUMNS = ["step", "epoch", "elbo", "beta", "time_s"]
+# the fix of a numerical fault at a run's first step, before the optimizer has changed anything
+FIRST_STEP_FIX = (
+    "no update had been applied, so neither lr nor clip_norm is the cause: the pair gives it "
+    "with the parameters it starts from; check their initial values, what its networks "
+    "compute, and the data's scale"
+)
 
 
 @dataclass(frozen=True)
@@ -73,12 +93,14 @@ class Trainer:
         Raises:
             NumericalError: a non-finite loss or gradient, or a distribution given an invalid
                 parameter; nothing was applied, ``state`` is unchanged.
+            PairError: the pair raised an exception of its own (its ``__cause__``), named with
+                the step and where in the pair it was raised; nothing was applied.
         """
         started = time.perf_counter()
         step = state.step + 1
         epoch, index = state.order.batch(step)
-        x = self.dataset.take(distributed.shard(index, self.group))
-        x = x.to(self.device, non_blocking=True)
+        rows = distributed.shard(index, self.group)
+        x = self.dataset.take(rows).to(self.device, non_blocking=True)
         self.beta.beta = kl_weight(step, self.kl_warmup)
         try:
             with _validation(validated):
@@ -90,10 +112,11 @@ class Trainer:
             ) from e
         except PplVaeError:
             raise
-        except (ValueError, RuntimeError) as e:
-            raise self.failure(step, math.nan, x, validated, state, e) from e
+        except Exception as e:  # the pair's own code (or torch inside it) raised
+            raised = pair_exception(e)
+            raise self.failure(step, math.nan, x, rows, validated, state, raised) from raised
         if not (finite and math.isfinite(loss)):
-            raise self.failure(step, loss, x, validated, state)
+            raise self.failure(step, loss, x, rows, validated, state)
         value = -loss / self.per_datapoint
         state.elapsed += time.perf_counter() - started
         state.rows.append((step, epoch, value, self.beta.beta, state.elapsed))
@@ -101,20 +124,30 @@ class Trainer:
         return StepInfo(step, epoch, value, state.elapsed, x)
 
     def failure(
-        self, step: int, loss: float, x: Batch, validated: bool, state: TrainingState, error=None
-    ) -> BaseException:
-        """The error for a failed step: a :class:`NumericalError` naming the step, the sites
-        with a non-finite log-density and, when Pyro's validation finds one on this minibatch,
-        the invalid parameter; ``error`` itself when it is not about an invalid parameter."""
+        self, step: int, loss: float, x: Batch, rows: torch.Tensor, validated: bool,
+        state: TrainingState, error: Exception | None = None,
+    ) -> PplVaeError:
+        """The error for a failed step on the minibatch ``x`` of data rows ``rows``, naming the
+        step: a :class:`DataError` for an observed value outside its support; a
+        :class:`PairError` saying where ``error`` was raised when it is not about a
+        distribution's parameter; otherwise a :class:`NumericalError` naming the sites with a
+        non-finite log-density, the invalid parameter when Pyro's validation finds one on this
+        minibatch, a data entry whose square overflows, and the fix."""
         invalid = error if validated else _validation_error(self.model, self.guide, x)
-        if error is not None and not isinstance(invalid, ValueError):
-            return error
         if isinstance(invalid, ValueError) and "within the support" in str(invalid):
             return DataError(
                 f"training stopped at step {step}: a value observed in its minibatch lies "
                 f"outside the support its distribution has ({first_line(invalid)}); fix or "
                 "drop those rows, or choose a likelihood whose support holds them; nothing was "
                 "applied"
+            )
+        kept = ("the parameters keep their values from the last good step"
+                if state.rows else "the parameters keep the values they started from")
+        kept += f"; {self.saver.kept()}" if self.saver else ""
+        if error is not None and not is_invalid_parameter(invalid):
+            return PairError(
+                f"training stopped at step {step}: {type(error).__name__}: {_reason(error)} "
+                f"(raised at {raised_at(error)}); nothing was applied: {kept}"
             )
         bad = _non_finite_sites(self.model, self.guide, x)
         where = (
@@ -123,13 +156,16 @@ class Trainer:
             else "the log-densities are finite now, so a gradient overflowed"
         )
         problem = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'}"
-        if isinstance(invalid, ValueError):
+        if is_invalid_parameter(invalid):
             problem = f"a distribution's parameter is invalid ({first_line(invalid)})"
-        kept = f"; {self.saver.kept()}" if self.saver else ""
+        cause = overflowing_data(x, rows)
+        fix = "try a lower lr, clip_norm=10.0, or rescaling the data"
+        if cause:
+            fix = "rescale the data (e.g. standardize each column)"
+        elif not state.rows:
+            fix = FIRST_STEP_FIX
         return NumericalError(
-            f"training stopped at step {step}: {problem} ({where}); the parameters keep "
-            f"their values from the last good step{kept}; try a lower lr, clip_norm=10.0, "
-            "or rescaling the data",
+            f"training stopped at step {step}: {problem} ({where}){cause}; {kept}; {fix}",
             history=history(state.rows),
         )
 
@@ -178,11 +214,14 @@ def _validation_error(model, guide, x: Batch) -> ValueError | None:
             run_pair(model, guide, x)
         except PairError as e:
             return e.__cause__ if isinstance(e.__cause__, ValueError) else None
+        except Exception:  # the pair's own exception, not about a parameter
+            return None
     return None
 
 
 def _non_finite_sites(model, guide, x: Batch) -> list[str]:
-    """The sample sites whose log-density is non-finite on ``x`` (validation off)."""
+    """The sample sites whose log-density is non-finite on ``x`` (validation off), as far as
+    the pair runs and its log-densities can be computed."""
     bad = []
     with forked(), torch.no_grad(), pyro.validation_enabled(False):
         try:
@@ -194,6 +233,31 @@ def _non_finite_sites(model, guide, x: Batch) -> list[str]:
                         torch.isfinite(site["log_prob"]).all()
                     ):
                         bad.append(name)
-        except PplVaeError:
+        except Exception:  # the pair fails to run, or to score a site, on x
             pass
     return sorted(set(bad))
+
+
+def overflowing_data(x: Batch, rows: torch.Tensor) -> str:
+    """Where the minibatch ``x`` (data rows ``rows``) holds an entry whose square overflows its
+    dtype, a clause naming it by data row and column; else ''."""
+    names = [f"arg{i}" for i in range(len(x.args))] + list(x.per_row)
+    for name, tensor in zip(names, x.tensors, strict=True):
+        found = first_overflowing(tensor)
+        if found is not None:
+            row, column, value = found
+            array = f" ({name})" if len(names) > 1 else ""
+            return (
+                f"; the data{array} holds {value:g} at row {int(rows[row])}, column {column} "
+                f"(from 0), whose square overflows {str(tensor.dtype).removeprefix('torch.')}"
+            )
+    return ""
+
+
+def _reason(error: BaseException) -> str:
+    """An exception's first message line, followed by that of the exception it was raised
+    from where the line only introduces it (Pyro's "Error while computing log_prob at site
+    'x':")."""
+    line = first_line(error)
+    cause = error.__cause__
+    return f"{line} {first_line(cause)}" if line.endswith(":") and cause is not None else line

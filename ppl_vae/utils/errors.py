@@ -9,6 +9,10 @@ exit status 2.
 from __future__ import annotations
 
 import numbers
+import os
+import sysconfig
+import traceback
+from pathlib import Path
 
 
 class PplVaeError(ValueError):
@@ -56,6 +60,44 @@ def first_line(error: BaseException) -> str:
     one-line errors that wrap it."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+# code that is not the user's: ppl_vae itself, the standard library, installed packages
+_LIBRARY = tuple(sorted({
+    os.path.realpath(p) + os.sep
+    for p in (Path(__file__).resolve().parents[1], *(sysconfig.get_paths()[k] for k in
+              ("stdlib", "platstdlib", "purelib", "platlib")))
+}))
+_SHOWN_FRAMES = 3
+
+
+def raised_at(error: BaseException) -> str:
+    """Where ``error`` was raised, for a one-line message: the innermost frames of the user's
+    own code it passed through (files outside ppl_vae, the standard library and installed
+    packages, such as a pair file), at most :data:`_SHOWN_FRAMES`, innermost first, as
+    ``file:line in function, called from file:line in function``; where it passed through
+    none (nor did the exceptions it was raised from), the innermost frame."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(traceback.extract_tb(error.__traceback__))
+        error = error.__cause__ or error.__context__
+    for frames in chain:
+        own = [f for f in frames if not _is_library(f.filename)]
+        if own:
+            return ", called from ".join(_frame(f) for f in reversed(own[-_SHOWN_FRAMES:]))
+    innermost = next((frames[-1] for frames in chain if frames), None)
+    return _frame(innermost) if innermost is not None else "an unknown place"
+
+
+def _is_library(filename: str) -> bool:
+    return filename.startswith("<") or os.path.realpath(filename).startswith(_LIBRARY)
+
+
+def _frame(frame: traceback.FrameSummary) -> str:
+    path = os.path.realpath(frame.filename)
+    here = os.path.relpath(path)
+    return f"{path if here.startswith('..') else here}:{frame.lineno} in {frame.name}"
 
 
 def is_integer(value) -> bool:

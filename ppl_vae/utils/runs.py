@@ -1,8 +1,10 @@
 """Run directories that are written whole or not at all.
 
 A command writes into a fresh temporary sibling of the output directory and renames it into
-place only when everything succeeded. An existing run is refused unless ``overwrite=True``, and
-even then it is replaced only after the new one is complete: a failure never clobbers half of it.
+place only when everything succeeded; when anything fails (a full disk too, reported as an
+:class:`~ppl_vae.errors.OutputError`) the temporary directory is removed. An existing run is
+refused unless ``overwrite=True``, and even then it is replaced only after the new one is
+complete: a failure never clobbers half of it.
 ``overwrite`` replaces only a directory that is a run, which every command marks with its own
 record (:data:`RUN_RECORDS`: ``summary.json`` and ``history.csv`` of ``train``,
 ``settings.json`` of a comparison, ``diagnostics.json`` of ``diagnose``), never another
@@ -20,8 +22,8 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from .errors import OutputError
-from .files import atomic_write_text, umask
+from .errors import OutputError, PplVaeError
+from .files import atomic_write_text, disk_full, umask
 from .locks import exchange, exclusive
 
 RUN_RECORDS = ("summary.json", "history.csv", "settings.json", "diagnostics.json")
@@ -48,9 +50,18 @@ def run_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
         staging.chmod(0o777 & ~umask())
         try:
             yield staging
-        except BaseException:
+        except BaseException as e:
             shutil.rmtree(staging, ignore_errors=True)
-            raise
+            full = disk_full(e)
+            if full is None or isinstance(e, PplVaeError):  # e.g. a checkpoint's, which says so
+                raise
+            what = f"writing {Path(full.filename).name!r}" if full.filename else "writing"
+            kept = " (the earlier run in it is kept)" if out.exists() else ""
+            raise OutputError(
+                f"the disk is full: {what} for {str(out)!r} failed ({full.strerror}); nothing "
+                f"was written to it{kept}; free disk space, or choose another --out on a disk "
+                "with room"
+            ) from e
         _swap_in(staging, out)
 
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pyro
 import pytest
 import torch
 
@@ -107,3 +108,43 @@ def test_csv_without_header_or_with_a_saved_index_is_refused(tmp_path):
     assert load_data(tmp_path / "good.csv").shape == (4, 3)
     pd.DataFrame(x).to_csv(tmp_path / "numbered.csv", index=False)  # header 0,1,2: a header
     assert load_data(tmp_path / "numbered.csv").shape == (4, 3)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">i4", ">i8", "<f4"])
+def test_non_native_byte_order_is_read_as_native_numbers(tmp_path, dtype):
+    """A big-endian (or little-endian) .npy, memory-mapped, and an in-memory array: the
+    tensors, minibatches and data checks see the numbers themselves, in native byte order."""
+    from ppl_vae.pair.data import as_tensor, take
+
+    values = np.arange(-20, 20).reshape(10, 4) * (0.5 if "f" in dtype else 1)
+    native = torch.from_numpy(values.astype(np.dtype(dtype).newbyteorder("=")))
+    np.save(tmp_path / "x.npy", values.astype(dtype))
+    mapped = load_data(tmp_path / "x.npy")
+    assert mapped.dtype == np.dtype(dtype)  # the file as it is, read by index
+    index = torch.tensor([7, 0, 3])
+    for data in (mapped, values.astype(dtype)):
+        assert torch.equal(as_tensor(data), native) and as_tensor(data).dtype == native.dtype
+        assert torch.equal(take(data, index), native[index])
+        validate_data(data)
+
+
+def test_big_endian_data_trains_as_the_native_numbers(tmp_path):
+    """fit and ppl-vae train on a big-endian float32 .npy give the native file's numbers."""
+    from models import linear_gaussian
+    from ppl_vae.cli import main
+
+    values = np.random.default_rng(0).normal(size=(40, 5)).astype(np.float32)
+    runs = {}
+    for order in ("<", ">"):
+        np.save(tmp_path / f"{order}.npy", values.astype(f"{order}f4"))
+        pyro.clear_param_store()
+        model, guide = linear_gaussian.make_pair(x_dim=5)
+        result = ppl_vae.fit(model, guide, load_data(tmp_path / f"{order}.npy"), num_steps=3,
+                             batch_size=8)
+        out = tmp_path / f"run{order}"
+        assert main(["train", "--model", "models/linear_gaussian.py", "--data",
+                     str(tmp_path / f"{order}.npy"), "--steps", "3", "--batch-size", "8",
+                     "--no-progress", "--out", str(out)]) == 0
+        runs[order] = result.history["elbo"].tolist(), pd.read_csv(out / "history.csv")["elbo"]
+    assert runs["<"][0] == runs[">"][0]
+    assert runs["<"][1].equals(runs[">"][1])
