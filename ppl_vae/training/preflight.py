@@ -1,7 +1,7 @@
 """Checks of a pair against ``fit``'s data and settings, before the first step.
 
 Each one turns what would fail inside a step (or train silently wrong) into a
-:class:`~ppl_vae.errors.PplVaeError` that names the fix.
+:class:`~ppl_vae.utils.errors.PplVaeError` that names the fix.
 """
 
 from __future__ import annotations
