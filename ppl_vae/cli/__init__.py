@@ -1,7 +1,7 @@
 """The ``ppl-vae`` command: a thin shell over the library. Only ``ppl_vae.__main__`` imports
 it. May import: every layer.
 
-User errors (any :class:`~ppl_vae.errors.PplVaeError`, bad arguments, and what the operating
+User errors (any :class:`~ppl_vae.utils.errors.PplVaeError`, bad arguments, and what the operating
 system refuses: a read-only or full disk) print one line on stderr, without terminal escape
 codes, and exit with status 2, never a traceback. SIGINT, SIGTERM and SIGHUP stop a run the
 same way (exit 130, 143, 129): the last checkpoint stays, no partial output is left; the

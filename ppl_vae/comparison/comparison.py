@@ -6,10 +6,10 @@ parameters, and these are measured (definitions in docs/estimators.md):
 1. *Estimate variance at fixed parameters*: at checkpoints (step 0 = initialization, then
    log-spaced to the end), R draws of the minibatch ELBO estimate and of its KL term on one
    fixed probe minibatch, under every estimator at the same parameters and on the same draws
-   (:func:`~ppl_vae.variance.estimate_draws`).
+   (:func:`~ppl_vae.evaluation.variance.estimate_draws`).
 2. *Gradient variance and SNR* at the same checkpoints: tr Cov(g) and ‖E g‖ / sqrt(tr Cov g)
    per parameter group, encoder (φ) and decoder (θ) (Rainforth et al. 2018;
-   :func:`~ppl_vae.variance.gradient_variance`).
+   :func:`~ppl_vae.evaluation.variance.gradient_variance`).
 3. *Convergence*: the training ELBO per datapoint at every step and the held-out ELBO at
    ``num_evals`` evenly spaced steps, against steps and training seconds (measurements are
    excluded from the clock).
@@ -112,7 +112,7 @@ class Comparison(ComparisonTables):
     ) -> Path:
         """Write the comparison into a new directory ``path``, whole or not at all (an existing
         run is replaced only with ``overwrite=True``): ``report.md`` with its PNG figures
-        (:mod:`ppl_vae.report`), every table as ``NAME.csv`` and ``settings.json``, which
+        (:mod:`ppl_vae.comparison.report`), every table as ``NAME.csv`` and ``settings.json``, which
         :meth:`load` reads back. Returns the path of ``report.md``."""
         with run_directory(path, overwrite) as staging:
             for name, table in self.tables().items():

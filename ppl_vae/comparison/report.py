@@ -1,5 +1,5 @@
-"""The markdown report of a :class:`~ppl_vae.comparison.Comparison`, beside its PNG figures
-(:mod:`ppl_vae.figures`); nothing is shown on screen.
+"""The markdown report of a :class:`~ppl_vae.comparison.comparison.Comparison`, beside its PNG
+figures (:mod:`ppl_vae.comparison.figures`); nothing is shown on screen.
 
 The verdict is generated from the numbers (paired 95% intervals over seeds, variance ratios at
 the same parameters and on the same draws), never written in advance.

@@ -1,7 +1,7 @@
 """The comparison's tables, as pure functions of the runs' records (no training here).
 
-Each function takes :class:`~ppl_vae.measure.RunRecord` objects (or the frames made of them)
-and returns pandas DataFrames, so the tables can be built and tested on hand-made records.
+Each function takes :class:`~ppl_vae.comparison.measure.RunRecord` objects (or the frames made of
+them) and returns pandas DataFrames, so the tables can be built and tested on hand-made records.
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ ratios (PSIS, Vehtari et al. 2024). Its shape :math:`\hat k` estimates how heavy
 For an amortized guide the diagnostic is computed per datapoint: the weights of the joint
 posterior multiply over N points and say nothing. Draws are independent, so r_eff = 1.
 When all of a datapoint's log weights agree to within
-:data:`~ppl_vae.predictive.CONSTANT_SPREAD` (q equals the posterior up to float error) there
-is no tail to fit: k̂ is reported as −∞ and the point is good (PSIS itself would return +∞
-there). The PSIS estimate of log p(x_n) is :func:`ppl_vae.predictive.importance`, the
+:data:`~ppl_vae.evaluation.predictive.CONSTANT_SPREAD` (q equals the posterior up to float error)
+there is no tail to fit: k̂ is reported as −∞ and the point is good (PSIS itself would return +∞
+there). The PSIS estimate of log p(x_n) is :func:`ppl_vae.evaluation.predictive.importance`, the
 pointwise values of :func:`ppl_vae.elpd`.
 
 With global latents θ the per-datapoint weights are the local part given θ_k ~ q(θ); whether

@@ -5,14 +5,14 @@ is a draw of the posterior :math:`p(z|\tilde x)`; so when :math:`q(z|x) = p(z|x)
 :math:`\tilde z` among :math:`L` draws :math:`z^{(1..L)} \sim q(z|\tilde x)` is uniform on
 :math:`\{0..L\}`, per coordinate (Talts et al. 2018, theorem 1). The ranks' departures from
 uniformity say how q is wrong: ranks at both ends mean q is too narrow, in the middle too
-wide, at one end that q is shifted (see :mod:`ppl_vae.ranks` for the tests and verdicts).
-Yao, Vehtari, Simpson & Gelman (2018, section 4) use the same check for variational
+wide, at one end that q is shifted (see :mod:`ppl_vae.diagnostics.ranks` for the tests and
+verdicts). Yao, Vehtari, Simpson & Gelman (2018, section 4) use the same check for variational
 inference: unlike Pareto k̂, which asks whether importance sampling can repair q at one
 datapoint, it asks whether q is right *on average over the data the model generates*.
 
 For an amortized guide every simulation is one row: the model is run once with its observed
-sites sampled over ``num_simulations`` rows (:mod:`ppl_vae.simulation`), the guide once on the
-simulated rows with ``num_draws`` particles vectorized. Ties (discrete latents) are broken at
+sites sampled over ``num_simulations`` rows (:mod:`ppl_vae.diagnostics.simulation`), the guide once
+on the simulated rows with ``num_draws`` particles vectorized. Ties (discrete latents) are broken at
 random, which keeps the ranks uniform (Talts et al. 2018, section 4.1).
 
 Global latents θ are one draw per *data set*: a simulation is then a whole simulated data set,
@@ -54,7 +54,7 @@ class Calibration:
         ranks: one row per simulation, one column per latent coordinate (``z[0]``, ...):
             the rank of the true value among ``num_draws`` draws of q, in 0..num_draws.
         tests: one row per coordinate: the location, spread and χ² tests and the
-            ``verdict`` (:func:`ppl_vae.ranks.uniformity`).
+            ``verdict`` (:func:`ppl_vae.diagnostics.ranks.uniformity`).
         sites: each ranked site and its per-row coordinate shape.
         settings: ``num_simulations``, ``num_draws``, ``seed``, ``alpha``, ``threshold``,
             ``global_sites`` and ``refit_steps``.
@@ -81,7 +81,7 @@ class Calibration:
         return line + f"; {worst} (each at family-wise level {s['alpha']:g})"
 
     def ecdf(self, prob: float = 0.95) -> dict[str, np.ndarray]:
-        """ECDF-difference curves and band (:func:`ppl_vae.ranks.ecdf_difference`)."""
+        """ECDF-difference curves and band (:func:`ppl_vae.diagnostics.ranks.ecdf_difference`)."""
         return rank_tests.ecdf_difference(
             self.ranks.to_numpy(), self.settings["num_draws"], prob, self.settings["seed"]
         )
@@ -138,7 +138,7 @@ def calibration(
         seed: seeds the simulations, the draws and the tie-breaks.
         alpha: the family-wise false-alarm rate: when q is calibrated, the probability that
             any coordinate is flagged is at most ``alpha`` (Bonferroni over 3 tests per
-            coordinate; :mod:`ppl_vae.ranks`).
+            coordinate; :mod:`ppl_vae.diagnostics.ranks`).
         batch_size: rows simulated and ranked per vectorized pass.
         refit_steps: for a pair with global latents, the SVI steps of the refit of q to each
             simulated data set (at most ``MAX_REFITS`` simulations); refused otherwise.

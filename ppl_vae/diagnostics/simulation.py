@@ -1,6 +1,6 @@
 r"""Data sets drawn from a pair's own model, and latent draws laid out one row per datapoint.
 
-Simulation-based calibration (:mod:`ppl_vae.sbc`) needs pairs :math:`(\tilde z,
+Simulation-based calibration (:mod:`ppl_vae.diagnostics.sbc`) needs pairs :math:`(\tilde z,
 \tilde x) \sim p(z)\,p(x|z)` from the trained model: the model is run with its observed sites
 *sampled* instead of conditioned (``pyro.poutine.uncondition``), on a template minibatch that
 supplies what the model reads from its arguments besides the observations (the number of rows,

@@ -134,7 +134,7 @@ class Sums:
             hold an observation (named by their observed sites, joined by ``+``).
         priors: guide site → its marginal prior (model-enumerated parents summed out).
         log_q_enum: Σ log q of the guide's enumerated sites, ``(*enum, K, N)``, or None.
-        local: a data-plate tensor as ``(*enum, K, N)`` (:func:`~ppl_vae.traces.local_terms`).
+        local: a data-plate tensor as ``(*enum, K, N)`` (:func:`~ppl_vae.pair.traces.local_terms`).
     """
 
     enum_dims: int

@@ -13,27 +13,27 @@ All estimate the evidence lower bound (Kingma & Welling 2014, eq. 3)
   gradient (Roeder, Wu & Duvenaud 2017): the score term ∇_φ log q(z|x) at fixed z, which has
   mean zero, is dropped, leaving the path derivative only; its gradient variance vanishes
   when q(z|x) = p(z|x). The value of the estimate is the sampled one.
-- ``"iwae"`` is :class:`~ppl_vae.iwae.IWAE_ELBO`, Pyro's :class:`~pyro.infer.RenyiELBO` at
-  α = 0: the importance-weighted bound of Burda, Grosse & Salakhutdinov (2016, eq. 8) with K =
-  ``num_particles`` ≥ 2 samples per datapoint,
+- ``"iwae"`` is :class:`~ppl_vae.estimators.iwae.IWAE_ELBO`, Pyro's
+  :class:`~pyro.infer.RenyiELBO` at α = 0: the importance-weighted bound of Burda, Grosse &
+  Salakhutdinov (2016, eq. 8) with K = ``num_particles`` ≥ 2 samples per datapoint,
   :math:`\hat{\mathcal{L}}_K = \log \frac1K \sum_k p(x, z_k)/q(z_k|x) \ge` the ELBO, tighter as K
   grows. It has no separate KL term: the KL is inside the log-mean of the weights.
 - ``"enum"`` is :class:`pyro.infer.TraceEnum_ELBO`: discrete sites marked for enumeration
   (``config_enumerate``, ``infer={"enumerate": "parallel"}``) are summed over their support
   instead of sampled, a site of the model alone marginalized out, a guide site's expectation
   taken exactly; the continuous sites are sampled as under ``"sampled"``
-  (:mod:`ppl_vae.enumeration`). Exact in the discrete part, at the cost of one pass over each
-  enumerated site's support (their product, for sites in the same row).
+  (:mod:`ppl_vae.estimators.enumeration`). Exact in the discrete part, at the cost of one pass over
+  each enumerated site's support (their product, for sites in the same row).
 - ``"graph"`` is :class:`pyro.infer.TraceGraph_ELBO`: the sampled value, and for guide sites
   without ``rsample`` the score-function gradient Rao-Blackwellized by the dependency graph
   (each site's learning signal only the cost terms downstream of it; Schulman et al. 2015) minus
   the pair's baselines (``infer={"baseline": ...}``; Mnih & Gregor 2014); ``"graph_avg"``
-  (:class:`~ppl_vae.score_function.BaselineTraceGraph_ELBO`) adds a decaying-average baseline
-  where a site has none (:mod:`ppl_vae.score_function`).
-- ``"dreg"`` is :class:`~ppl_vae.iwae.DReG_ELBO`: the ``"iwae"`` bound's value, the IWAE
+  (:class:`~ppl_vae.estimators.score_function.BaselineTraceGraph_ELBO`) adds a decaying-average
+  baseline where a site has none (:mod:`ppl_vae.estimators.score_function`).
+- ``"dreg"`` is :class:`~ppl_vae.estimators.iwae.DReG_ELBO`: the ``"iwae"`` bound's value, the IWAE
   gradient for the model's parameters and the doubly reparameterized one for the guide's,
   Σ_k w̃_k² ∂log w_k/∂z_k ∂z_k/∂φ (Tucker et al. 2019), whose signal-to-noise ratio does not fall
-  as K grows (:mod:`ppl_vae.iwae`).
+  as K grows (:mod:`ppl_vae.estimators.iwae`).
 - ``"analytic"`` is :class:`AnalyticELBO`, :class:`pyro.infer.TraceMeanField_ELBO` with an
   honest rule for the closed form: the same reconstruction term, and for every latent site
   where ``torch.distributions.kl_divergence(q, p)`` is registered and q is a reparameterized
@@ -123,8 +123,9 @@ class Estimator:
         name: the registry key (``estimator="..."``, ``--estimator ...``).
         elbo: the Pyro ELBO class trained with.
         summary: one line for help texts and reports.
-        closed_form_kl: its KL terms are closed-form where :func:`~ppl_vae.kl.closed_form_kl`
-            gives one (else sampled, log q − log p).
+        closed_form_kl: its KL terms are closed-form where
+            :func:`~ppl_vae.estimators.kl.closed_form_kl` gives one (else sampled, log q − log
+            p).
         requires_reparameterized: refuses guide sites without ``rsample`` before training.
         jit: the compiled variant, where it measured faster (docs/performance.md), or None.
         importance_weighted: one draw is K particles' bound log (1/K) Σ_k w_k (no KL term);
@@ -215,8 +216,8 @@ class Estimator:
 
         Sites sampled without ``rsample`` add ``score_terms`` (per particle and row, zero in
         value: this estimator's score-function surrogate,
-        :meth:`~ppl_vae.score_function.ScoreFunctionDraws.surrogate`); without them, Pyro's
-        per-row rule ∇log q(y) · ELBO_n (an enumerating estimator's sampled sites).
+        :meth:`~ppl_vae.estimators.score_function.ScoreFunctionDraws.surrogate`); without them,
+        Pyro's per-row rule ∇log q(y) · ELBO_n (an enumerating estimator's sampled sites).
         ``for_guide``: a doubly reparameterized estimator's surrogate for the guide's
         parameters, Σ_k sg(w̃_k²) log w̄_k with the path-stopped log weights (value: the bound).
         """

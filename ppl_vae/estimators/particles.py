@@ -70,8 +70,8 @@ def score(
     decided here, so the terms add up to what ``Trace_ELBO`` sums (checked on every call
     without enumeration, :func:`check_total`).
 
-    Enumerated sites are summed exactly (:mod:`ppl_vae.enumeration`): the local terms are then
-    expectations over the guide's enumerated values, and the log weight their exact sum."""
+    Enumerated sites are summed exactly (:mod:`ppl_vae.estimators.enumeration`): the local terms
+    are then expectations over the guide's enumerated values, and the log weight their exact sum."""
     guide_trace.compute_log_prob()
     model_trace.compute_log_prob()
     exact = enumeration.sums(model_trace, guide_trace, layout, num_particles, rows, posteriors)

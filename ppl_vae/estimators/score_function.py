@@ -26,8 +26,8 @@ y's parents does not depend on y. The estimators differ in c:
   average (β = ``baseline_beta``) at every score-function site that has no baseline of its own.
 
 :class:`ScoreFunctionDraws` computes the same surrogates per draw and row at fixed parameters,
-for :mod:`ppl_vae.variance`: the pair is run once more on the particle engine's draws under
-provenance tracking, and the baselines are read as the next step would use them, not updated.
+for :mod:`ppl_vae.evaluation.variance`: the pair is run once more on the particle engine's draws
+under provenance tracking, and the baselines are read as the next step would use them, not updated.
 """
 
 from __future__ import annotations

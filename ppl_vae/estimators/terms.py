@@ -1,11 +1,12 @@
 r"""Log-density terms of K particles, per row and joint, and how parts of them are put together.
 
-:class:`ParticleTerms` holds what one scoring of the pair (:func:`ppl_vae.particles.score`)
-gives: the local terms per particle and row ``(K, N)``, the global ones per particle ``(K,)``,
-each site's log p and log q and, where one exists, its closed-form KL. Batches are joined
-along the rows and one-particle runs along the particles, keeping every site any part has: a
-site that a batch or particle lacks (a ``pyro.markov`` step past its batch's longest sequence)
-scores 0 there, as it does in Pyro's sum. :func:`check_total` holds the terms to that sum.
+:class:`ParticleTerms` holds what one scoring of the pair
+(:func:`ppl_vae.estimators.particles.score`) gives: the local terms per particle and row ``(K,
+N)``, the global ones per particle ``(K,)``, each site's log p and log q and, where one exists, its
+closed-form KL. Batches are joined along the rows and one-particle runs along the particles,
+keeping every site any part has: a site that a batch or particle lacks (a ``pyro.markov`` step past
+its batch's longest sequence) scores 0 there, as it does in Pyro's sum. :func:`check_total` holds
+the terms to that sum.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class ParticleTerms:
     in the data plate: everything in log p that is not a latent's prior.
     ``score_function`` names the sampled sites without ``rsample`` (their gradient needs the
     score-function term); ``discrete_posteriors`` holds p(y_n = c | x_n, z_n, θ) of the
-    model-enumerated sites where asked for (:func:`ppl_vae.enumeration.sums`).
+    model-enumerated sites where asked for (:func:`ppl_vae.estimators.enumeration.sums`).
     """
 
     log_likelihood: torch.Tensor  # observations and factors in the data plate
@@ -81,7 +82,7 @@ class ParticleTerms:
 
         With guide-enumerated sites y, log Σ_y p(x_n, y, z_y | θ)/q(z_y | x_n, y, θ), which is
         above the ELBO terms' sum (their expectation over q(y|x_n)); see
-        :mod:`ppl_vae.enumeration`."""
+        :mod:`ppl_vae.estimators.enumeration`."""
         if self.summed_log_weight is not None:
             return self.summed_log_weight
         return self.log_likelihood + sum(

@@ -15,7 +15,7 @@ The importance-weighted bound (Burda, Grosse & Salakhutdinov 2016, eq. 8)
           = \log \frac1K \sum_k \frac{p(x_n, z_{n,k})}{q(z_{n,k}|x_n)}
 
 tightens to :math:`\log p(x_n)` as :math:`K\to\infty`. All particles are vectorized (or looped
-where the pair does not broadcast; see :mod:`ppl_vae.particles`).
+where the pair does not broadcast; see :mod:`ppl_vae.estimators.particles`).
 
 Global latents θ (guide sites outside the data plate) are drawn once per particle for the whole
 data set. The per-row numbers are then *given the globals*: row n's terms at the particle's
@@ -108,11 +108,12 @@ def evaluate(
             arrays (``model(x, y)``) or a dict of them (``model(x=..., y=...)``).
         num_particles: K draws of q per datapoint (vectorized).
         estimator: ``"analytic"`` computes what has an exact form exactly: the closed-form KL
-            where :func:`~ppl_vae.estimators.closed_form_kl` gives one, and the expectation over
-            guide sites marked for enumeration by exact summation (their KL is then
+            where :func:`~ppl_vae.estimators.estimators.closed_form_kl` gives one, and the
+            expectation over guide sites marked for enumeration by exact summation (their KL is then
             KL(q(y|x)‖p(y)) exactly); ``"enum"`` sums those sites and samples the rest;
             ``"sampled"`` samples everything (the Monte Carlo term log q − log p). Sites the
-            model sums out are summed whatever the estimator (:mod:`ppl_vae.enumeration`).
+            model sums out are summed whatever the estimator
+            (:mod:`ppl_vae.estimators.enumeration`).
         batch_size: rows per vectorized pass (memory ∝ batch_size · num_particles); the
             numbers do not depend on it (globals are drawn once per particle).
         seed: seeds the draws without disturbing the caller's RNG stream.

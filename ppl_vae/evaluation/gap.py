@@ -2,7 +2,8 @@ r"""Where the gap log p(x) − ELBO comes from: amortization and approximation (
 
 For datapoint :math:`x_n`, with :math:`q_\phi(z|x_n)` the amortized guide and
 :math:`q^*_n = \arg\max_{q \in \mathcal{Q}} \mathrm{ELBO}(q; x_n)` the best q of the same
-family :math:`\mathcal{Q}` at that datapoint alone (decoder fixed; :mod:`ppl_vae.refine`),
+family :math:`\mathcal{Q}` at that datapoint alone (decoder fixed:
+:mod:`ppl_vae.evaluation.refine`),
 
 .. math::
     \underbrace{\log p(x_n) - \mathrm{ELBO}(q_\phi; x_n)}_{\mathrm{KL}(q_\phi \| p(z|x_n))}

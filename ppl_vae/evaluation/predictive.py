@@ -5,8 +5,8 @@ latents that is not the predictive density: each draw of :math:`z_n` was fitted 
 :math:`x_n` itself, and PSIS-LOO over them is the harmonic-mean estimate of
 :math:`\log p(x_n)` (weights :math:`1/p(x_n|z_n)`), biased where q is not the posterior and of
 infinite variance where it is. :func:`elpd` estimates the pointwise ELPD from the importance
-log weights of :func:`~ppl_vae.evaluation.log_weights` instead, and returns it in the object
-``az.compare``, ``az.plot_compare``, ``az.plot_khat`` and ``az.plot_elpd`` take:
+log weights of :func:`~ppl_vae.evaluation.evaluation.log_weights` instead, and returns it in the
+object ``az.compare``, ``az.plot_compare``, ``az.plot_khat`` and ``az.plot_elpd`` take:
 
 - **No global latents** (a VAE): the rows are independent given the model's parameters, so
   nothing can be left out of a posterior; the pointwise value is the importance-sampled

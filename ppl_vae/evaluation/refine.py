@@ -47,7 +47,8 @@ def _base(fn):
 
 def encoder_output(guide, model, batch: Batch, layout: PairTraces) -> Parameters:
     """Each local Normal site's loc and log scale as the guide computes them for ``batch``
-    (full shape: batch shape + event shape); refuses what :mod:`ppl_vae.refine` cannot do."""
+    (full shape: batch shape + event shape); refuses what :mod:`ppl_vae.evaluation.refine` cannot
+    do."""
     if layout.global_sites():
         raise PairError(
             f"the guide has global sites {layout.global_sites()}; the amortization and "

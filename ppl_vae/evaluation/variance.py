@@ -17,12 +17,12 @@ under every estimator *with the same draw* (a paired comparison):
   estimators score, so the comparison stays paired. It has no KL term (reported as NaN).
 - ``"dreg"`` (Tucker et al. 2019): the ``"iwae"`` value; the gradient of the guide's
   parameters comes from a second loss per draw, the path-stopped log weights weighted by the
-  squared normalized weights (:mod:`ppl_vae.iwae`).
+  squared normalized weights (:mod:`ppl_vae.estimators.iwae`).
 - ``"graph"``, ``"graph_avg"`` (``TraceGraph_ELBO``): the sampled value. Guide sites without
   ``rsample`` get, under every estimator that does not enumerate, the score-function
   surrogate Pyro's ELBO would build (Trace_ELBO's learning signal, or the downstream costs and
   baselines of the dependency graph), from one more run of the pair on the same draws
-  (:mod:`ppl_vae.score_function`).
+  (:mod:`ppl_vae.estimators.score_function`).
 
 :func:`estimate_draws` returns the per-draw ELBO and KL term (per datapoint). Their standard
 deviation over draws is the estimator's noise at these parameters.
@@ -317,7 +317,7 @@ def _losses(model, guide, x: Batch, num_particles: int, layout: PairTraces,
     (differentiable), and for a doubly reparameterized one a second loss whose gradient is its
     guide parameters'. Estimators that sum the enumerated sites share one set of particles, the
     others another; sites without ``rsample`` get each estimator's score-function surrogate
-    from one more run of the pair on those draws (:mod:`ppl_vae.score_function`)."""
+    from one more run of the pair on those draws (:mod:`ppl_vae.estimators.score_function`)."""
     records = [get(e) for e in estimators]
     rows = []
     for sums in dict.fromkeys(r.enumerates for r in records):

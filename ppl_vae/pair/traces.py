@@ -2,7 +2,7 @@
 per-datapoint reductions, and vectorized particles.
 
 Everything that needs to look inside a model/guide pair goes through here, so that errors a
-user's pair can cause are turned into :class:`~ppl_vae.errors.PairError` in one place.
+user's pair can cause are turned into :class:`~ppl_vae.utils.errors.PairError` in one place.
 """
 
 from __future__ import annotations

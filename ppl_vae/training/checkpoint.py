@@ -3,7 +3,7 @@
 A checkpoint is everything the next step depends on, so that a run killed at any step and
 resumed ends bitwise equal (on CPU) to the run that was never interrupted:
 
-- the Pyro param store (unconstrained values, constraints *by name*: :mod:`ppl_vae.params`);
+- the Pyro param store (unconstrained values, constraints *by name*: :mod:`ppl_vae.utils.params`);
 - the optimizer state (``PyroOptim.get_state()``: Adam's moments and step counts);
 - the RNG states of torch (and CUDA), numpy and Python, and of the minibatch-order generator,
   with the current epoch's permutation of the rows;
@@ -13,9 +13,9 @@ resumed ends bitwise equal (on CPU) to the run that was never interrupted:
   and settings.
 
 Every file carries a SHA-256 of its own content, verified on load
-(:func:`ppl_vae.params.write_tensors`): torch does not check the archive's CRCs.
+(:func:`ppl_vae.utils.params.write_tensors`): torch does not check the archive's CRCs.
 
-The file ``DIR/checkpoint.pt`` is written atomically (:func:`ppl_vae.files.atomic_write`:
+The file ``DIR/checkpoint.pt`` is written atomically (:func:`ppl_vae.utils.files.atomic_write`:
 temporary file in ``DIR``, fsync, rename), so the previous good checkpoint stays in place until
 the new one is complete (a temporary file left by a write killed half way is removed by the
 next run). It holds tensors, numbers and strings only and is read with

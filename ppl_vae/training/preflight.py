@@ -1,7 +1,7 @@
 """Checks of a pair against ``fit``'s data and settings, before the first step.
 
 Each one turns what would fail inside a step (or train silently wrong) into a
-:class:`~ppl_vae.errors.PplVaeError` that names the fix.
+:class:`~ppl_vae.utils.errors.PplVaeError` that names the fix.
 """
 
 from __future__ import annotations
@@ -185,7 +185,7 @@ def check_broadcasting(model: Callable, guide: Callable, x: Batch, layout: PairT
         pair = enumerate_pair(*pair, -(mpn + 2), guide_sums=True)
     with forked(), torch.no_grad():
         try:
-            trace_pair(*pair, x)
+            _, guide_trace = trace_pair(*pair, x)
         except PAIR_FAILURES as e:
             raise PairError(
                 f"num_particles={k} draws the particles vectorized, but the pair does not "
@@ -193,6 +193,30 @@ def check_broadcasting(model: Callable, guide: Callable, x: Batch, layout: PairT
                 "train with num_particles=1 (evaluation still loops over particles), or make its "
                 "networks broadcast (e.g. torch.cat on dim -1 of tensors with equal leading dims)"
             ) from e
+        _check_baselines(guide_trace, k)
+
+
+def _check_baselines(guide_trace, num_particles: int) -> None:
+    """A site's ``nn_baseline`` or ``baseline_value`` must have the shape of the site's cost
+    (``TraceGraph_ELBO`` checks it only inside a step, as a ValueError), which has at least the
+    site's batch dims, the leading particle dim of vectorized particles among them: a baseline
+    with fewer dims cannot match."""
+    for name, site in guide_trace.nodes.items():
+        options = site.get("infer", {}).get("baseline", {}) if site["type"] == "sample" else {}
+        if "nn_baseline" in options:
+            value = options["nn_baseline"](options["nn_baseline_input"])
+        elif "baseline_value" in options:
+            value = options["baseline_value"]
+        else:
+            continue
+        shape, wanted = tuple(torch.as_tensor(value).shape), tuple(site["fn"].batch_shape)
+        if len(shape) < len(wanted):
+            raise PairError(
+                f"site {name!r}'s baseline has shape {shape}, but with "
+                f"num_particles={num_particles} drawn vectorized its cost has the dims {wanted} "
+                "at least (a leading particle dim); train with num_particles=1, or compute the "
+                "baseline from an input that carries the particle dim"
+            )
 
 
 def check_autoguide(guide: Callable, layout: PairTraces, batch_size: int, rows: int) -> None:

@@ -2,10 +2,10 @@
 
 ``fit`` checks its arguments, prepares the pair (probe, KL labels, N/B scaling of the data
 plate, data-parallel sharding, KL warm-up), and then runs the loop: one
-:meth:`~ppl_vae.svi.Trainer.update` per step on an explicit
-:class:`~ppl_vae.svi.TrainingState`, followed by its hooks (progress bar, the user's callback,
-the checkpointer). Minibatches are drawn by index from the in-memory (or memory-mapped) data,
-one seeded permutation per epoch, with no DataLoader in the way.
+:meth:`~ppl_vae.training.svi.Trainer.update` per step on an explicit
+:class:`~ppl_vae.training.svi.TrainingState`, followed by its hooks (progress bar, the user's
+callback, the checkpointer). Minibatches are drawn by index from the in-memory (or memory-mapped)
+data, one seeded permutation per epoch, with no DataLoader in the way.
 """
 
 from __future__ import annotations

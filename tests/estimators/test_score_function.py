@@ -273,3 +273,16 @@ def test_cli_trains_the_zoo_m2_and_sbn_with_graph_and_refuses_dreg(tmp_path, cap
     assert main(["train", *sbn, "--estimator", "graph", "--out", str(tmp_path / "sbn")]) == 0
     kinds = pd.read_csv(tmp_path / "sbn" / "sites.csv").set_index("site")["kl"]
     assert set(kinds) == {"sampled (score function, Rao-Blackwellized)"}
+
+
+def test_a_baseline_without_the_particle_dim_is_refused_before_training():
+    """With vectorized particles a site's cost gains a leading particle dim; a baseline network
+    fed the data alone lacks it, which TraceGraph_ELBO finds only inside a step."""
+    baseline = {"nn_baseline": nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))}
+    model, guide, _, x = belief_net(baseline)
+    with pytest.raises(ppl_vae.PairError, match=r"site 'h2''s baseline has shape \(6,\).*"
+                       r"num_particles=2.*\(2, 6\)"):
+        ppl_vae.fit(model, guide, x, estimator="graph", num_particles=2, num_steps=2,
+                    batch_size=6)
+    result = ppl_vae.fit(model, guide, x, estimator="graph", num_steps=2, batch_size=6)
+    assert len(result.history) == 2
