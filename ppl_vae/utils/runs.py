@@ -2,7 +2,7 @@
 
 A command writes into a fresh temporary sibling of the output directory and renames it into
 place only when everything succeeded; when anything fails (a full disk too, reported as an
-:class:`~ppl_vae.errors.OutputError`) the temporary directory is removed. An existing run is
+:class:`~ppl_vae.utils.errors.OutputError`) the temporary directory is removed. An existing run is
 refused unless ``overwrite=True``, and even then it is replaced only after the new one is
 complete: a failure never clobbers half of it.
 ``overwrite`` replaces only a directory that is a run, which every command marks with its own
