@@ -2,13 +2,13 @@
 ``python -m benchmarks.profile [STEPS] [ESTIMATOR] [compile]``.
 
 Runs ``ppl_vae.fit`` on the digits-size model under ``cProfile`` (after a warm-up fit) and
-splits the time of the steps after the first (``Trainer.update``) into Pyro's
-tracing and scoring of the pair (and, within it, ``pyro.module`` registering the networks'
-parameters again on every call), the backward pass, the compiled step's one call
-(``compile=True``: loss and gradients), the optimizer (``fit``'s default ``ForeachAdam``: one
-multi-tensor Adam step), and the time spent in ppl_vae's own code (``ppl_vae/*.py``
-functions themselves but the optimizer and the compiled call, and the non-finite gradient
-check's ``torch._foreach_norm``); the rest is the remainder. Prints a markdown table.
+splits the time of the steps after the first (``Trainer.update``) into Pyro's tracing and
+scoring of the pair (and, within it, ``pyro.module`` registering the networks' parameters
+again on every call), the backward pass, the compiled step's one call (``compile=True``: loss,
+gradients, the finite check and the Adam update), the eager optimizer (``fit``'s default
+``ForeachAdam``: one multi-tensor Adam step), and the time spent in ppl_vae's own code
+(``ppl_vae/*.py`` functions themselves but the optimizer and the compiled call, and the
+non-finite gradient check's ``torch._foreach_norm``); the rest is the remainder. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from .tables import markdown
 PARTS = (
     ("Pyro: trace guide and model, log-densities", ("pyro/infer/elbo.py", "_get_traces")),
     ("backward pass", ("torch/_tensor.py", "backward")),
-    ("compiled loss and gradients (one call)", ("ppl_vae/training/compiled.py", "loss_and_grads")),
+    ("compiled step: loss, gradients, Adam (one call)", ("ppl_vae/training/compiled.py", "step")),
     ("optimizer (ForeachAdam)", ("ppl_vae/optim.py", "__call__")),
 )
 WITHIN = (  # parts of the parts above, not counted again in the remainder
