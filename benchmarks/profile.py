@@ -8,7 +8,8 @@ again on every call), the backward pass, the compiled step's one call (``compile
 gradients, the finite check and the Adam update), the eager optimizer (``fit``'s default
 ``ForeachAdam``: one multi-tensor Adam step), and the time spent in ppl_vae's own code
 (``ppl_vae/*.py`` functions themselves but the optimizer and the compiled call, and the
-non-finite gradient check's ``torch._foreach_norm``); the rest is the remainder. Prints a markdown table.
+non-finite gradient check's ``torch._foreach_norm``); the rest is the remainder. Prints a
+markdown table.
 """
 
 from __future__ import annotations
