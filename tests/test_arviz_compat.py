@@ -95,6 +95,17 @@ def test_psis_gives_light_tails_a_small_khat():
     assert (khat < 0.5).all()
 
 
+@pytest.mark.parametrize("S", [1, 2, 4, 20])
+def test_too_few_draws_for_a_tail_give_infinite_khat_and_unsmoothed_weights(S):
+    """Up to 20 draws leave a tail of fewer than 5 (S/5) under either ArviZ generation: no
+    fit, k̂ = ∞ and the weights as given (arviz_stats, and az.psislw at S = 1, fail instead)."""
+    log_w = np.random.default_rng(3).normal(size=(3, S))
+    smoothed, khat = arviz_compat.psislw(log_w)
+    assert np.isinf(khat).all()
+    np.testing.assert_allclose(smoothed - smoothed.max(-1, keepdims=True),
+                               log_w - log_w.max(-1, keepdims=True), rtol=0, atol=1e-12)
+
+
 def fixed_log_weights(S: int) -> np.ndarray:
     rng = np.random.default_rng(2018)
     return np.stack(

@@ -62,9 +62,12 @@ def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``log_weights`` has shape ``(rows, draws)``; smoothing runs along the last axis. Only the
     largest ``ceil(min(S/5, 3√S))`` weights (the tail) are replaced by Pareto quantiles,
     truncated at the largest raw weight; the others are returned as given. With a tail of
-    fewer than 5 draws k̂ is ∞ and nothing is smoothed.
+    fewer than 5 draws k̂ is ∞ and nothing is smoothed (az.psislw fails on a single draw).
     """
-    smoothed, khat = az.psislw(np.array(log_weights, dtype=float), reff=1.0, normalize=False)
+    log_weights = np.array(log_weights, dtype=float)
+    if log_weights.shape[-1] < 2:
+        return log_weights.copy(), np.full(log_weights.shape[0], np.inf)
+    smoothed, khat = az.psislw(log_weights, reff=1.0, normalize=False)
     return np.asarray(smoothed), np.asarray(khat)
 
 

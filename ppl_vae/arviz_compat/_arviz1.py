@@ -78,6 +78,9 @@ def psislw(log_weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     log_weights = np.array(log_weights, dtype=float)
     smoothed = np.empty_like(log_weights)
     khat = np.empty(log_weights.shape[0])
+    draws = log_weights.shape[-1]
+    if min(draws / 5, 3 * np.sqrt(draws)) < 5:  # arviz_stats fails on a tail this short
+        return log_weights.copy(), np.full(log_weights.shape[0], np.inf)
     for row, log_w in enumerate(log_weights):
         try:
             normalized, khat[row] = array_stats.psislw(-log_w, r_eff=1.0)
