@@ -655,6 +655,18 @@ def test_a_likelihood_of_another_width_is_refused_before_the_first_step(tmp_path
     assert steps == [] and list((tmp_path / "ck").iterdir()) == []
 
 
+def test_evaluation_refuses_a_likelihood_of_another_width_as_fit_does(tmp_path):
+    """evaluate, log_likelihood and vi_diagnostics check the first batch's log-densities too,
+    instead of a raw ValueError from inside Pyro's scoring."""
+    pair = _load_pair_file(tmp_path, "w.py", _LIKELIHOOD_FOR_64)
+    x = torch.as_tensor(_rows()[:8])
+    for call in (lambda: ppl_vae.evaluate(*pair, x),
+                 lambda: ppl_vae.log_likelihood(*pair, x, num_samples=10),
+                 lambda: ppl_vae.vi_diagnostics(*pair, x, num_samples=10)):
+        with pytest.raises(ppl_vae.PairError, match=LIKELIHOOD_WIDTH):
+            call()
+
+
 @pytest.mark.parametrize("built, given", [(64, 32), (32, 64)])
 def test_a_network_of_another_width_names_both_widths_and_where(built, given):
     """bernoulli_vae built for one width and given data of another: torch's matrix-product

@@ -43,6 +43,7 @@ from ..estimators.kl import CLOSED_FORM, ENUMERATED, GUIDE_TERM, SAMPLED
 from ..estimators.particles import dataset_terms
 from ..estimators.terms import ParticleTerms
 from ..pair.dataset import Dataset, as_dataset
+from ..pair.densities import check_log_densities
 from ..pair.traces import PairTraces, is_factor, is_guide_factor, is_guide_sample, run_pair
 from ..utils import params
 from ..utils.errors import check_positive
@@ -72,8 +73,10 @@ def prepare(
     dataset = as_dataset(data, model_kwargs)
     dataset.validate()
     device = params.device()
+    first = dataset.head(batch_size).to(device)
     with torch.no_grad():
-        layout = run_pair(model, guide, dataset.head(batch_size).to(device))
+        layout = run_pair(model, guide, first)
+    check_log_densities(layout, first)
     return Prepared(dataset, layout, layout.global_latents(), device)
 
 
