@@ -57,18 +57,23 @@ class ForeachAdam(pyro.optim.PyroOptim):
         stepped = [p for p in params if p.grad is not None]
         if not stepped:
             return
-        if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(stepped, foreach=True, **self.pt_optim_args)
-        for p in stepped:
-            if p not in self._seen:  # first sight: restore a waiting state if any
-                self._seen[p] = None
-                self._restore(p)
+        self._track(stepped)
         clip_norm = self.pt_clip_args.get("clip_norm")
         if clip_norm is not None:
             for p in stepped:
                 clip_grad_norm_(p, clip_norm)
-        self._optimizer.param_groups[0]["params"] = stepped
         self._optimizer.step(*args, **kwargs)
+
+    def _track(self, params: list[torch.Tensor]) -> None:
+        """Make ``params`` the ones the next step updates, restoring a waiting (loaded) state
+        for each parameter seen for the first time."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(params, foreach=True, **self.pt_optim_args)
+        for p in params:
+            if p not in self._seen:
+                self._seen[p] = None
+                self._restore(p)
+        self._optimizer.param_groups[0]["params"] = params
 
     def fusable(self) -> str | None:
         """Why :func:`adam_update` cannot stand in for this optimizer's step, or None: it
@@ -80,14 +85,9 @@ class ForeachAdam(pyro.optim.PyroOptim):
         """The moments and step counters of ``params``, created as ``torch.optim.Adam`` creates
         them on a first step (or restored from a loaded state), as the tensors that
         :func:`adam_update` updates in place; ``get_state()`` reads the same tensors."""
-        if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(params, foreach=True, **self.pt_optim_args)
+        self._track(list(params))
         group = self._optimizer.param_groups[0]
-        group["params"] = list(params)
         for p in params:
-            if p not in self._seen:
-                self._seen[p] = None
-                self._restore(p)
             state = self._optimizer.state[p]
             if not state:
                 state["step"] = torch.tensor(0.0, dtype=torch.get_default_dtype())

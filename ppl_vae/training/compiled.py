@@ -158,13 +158,14 @@ class _Update:
 
     def __init__(self, optim: ForeachAdam, trained: list[torch.Tensor]):
         self.optim, self.state = optim, optim.state_tensors(trained)
-        self.lr = torch.tensor(optim.lr(), dtype=torch.float64)
+        self.flat, self.value = self.state.flat(), optim.lr()
+        self.lr = torch.tensor(self.value, dtype=torch.float64)
 
     def inputs(self) -> list[torch.Tensor]:
-        lr = self.optim.lr()
-        if lr != float(self.lr):
-            self.lr.fill_(lr)
-        return [*self.state.flat(), self.lr]
+        if self.optim.lr() != self.value:  # changed between steps: refill, no new tensor
+            self.value = self.optim.lr()
+            self.lr.fill_(self.value)
+        return [*self.flat, self.lr]
 
 
 def _fusable(optim, params: list[torch.Tensor]) -> bool:
@@ -278,8 +279,8 @@ def _trace(elbo, model, guide, x: Batch, params, tensors, names):
         loss, parts = _loss(elbo, model, guide, args, kwargs)
         grads = [None] * len(params)
         for surrogate, subset in parts:
-            index = [i for i, p in enumerate(params)
-                     if subset is None or any(by_name[n] is p for n in subset)]
+            wanted = None if subset is None else {id(by_name[n]) for n in subset}
+            index = [i for i, p in enumerate(params) if wanted is None or id(p) in wanted]
             if index and surrogate.requires_grad:
                 found = torch.autograd.grad(surrogate, [params[i] for i in index],
                                             allow_unused=True, retain_graph=True)
